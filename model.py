@@ -1,0 +1,301 @@
+"""
+DNT, the Deeply Normalized Transformer (Qi et al., arXiv 2507.17501), as a GPT and a ViT
+that share one Block. Every normalization position is a config switch; a position that is
+off is nn.Identity(), so the standard GPT-2 / ViT and every ablation run the same code.
+
+    x = InputNorm(embedding)                                   -> `ln_in`   (input_norm)
+    for each block:
+        x = x + MidNorm(Attn_with_QKNorm(PreNorm(x)))          -> `ln_1`, `attn.q_norm/k_norm` (qk_norm), `ln_mid_1` (mid_norm)
+        x = x + MidNorm(MLP([PreNorm](x)))                     -> `ln_2` (mlp_prenorm), `ln_mid_2` (mid_norm)
+    logits = head(FinalNorm(x))                                -> `ln_f`    (final_norm)
+
+What each norm removes from the Jacobians (a norm's Jacobian scales as 1/||input||):
+- InputNorm: the scale of the embedding x0, which the residual stream carries into every later norm.
+- PreNorm: the token norms of the residual stream from the attention Jacobian (and W_q, W_k, W_v grads).
+- QKNorm: the magnitudes of W_q and W_k from the attention logits and their gradients.
+- MidNorm: the magnitudes of W_o and W_2 (and W_v, W_1), so a sub-block's Jacobian depends
+  only on the shape of its weights.
+Most weights then feed a norm, the loss is invariant to their scale, and momentum SGD with
+decoupled weight decay (mSGDW) trains the model with a single global learning rate.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# the paper's ablation S1..S5; 'standard' is the GPT-2 / ViT pre-norm model, 'dnt' is S5
+PRESETS = {
+    's1': dict(input_norm=False, mlp_prenorm=True, qk_norm=False, mid_norm=False),
+    's2': dict(input_norm=False, mlp_prenorm=True, qk_norm=True, mid_norm=False),
+    's3': dict(input_norm=True, mlp_prenorm=True, qk_norm=True, mid_norm=False),
+    's4': dict(input_norm=True, mlp_prenorm=True, qk_norm=True, mid_norm=True),
+    's5': dict(input_norm=True, mlp_prenorm=False, qk_norm=True, mid_norm=True),
+}
+PRESETS['standard'], PRESETS['dnt'] = PRESETS['s1'], PRESETS['s5']
+NORMS = ('layernorm', 'rmsnorm')
+
+# ----------------------------------------------------------------------------------------
+# configs
+
+@dataclass
+class TransformerConfig:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False        # bias in Linears and LayerNorms
+    norm: str = 'layernorm'   # 'layernorm' or 'rmsnorm', used at every position
+    preset: str = 'standard'  # fills each switch below that is left at None
+    input_norm: bool = None
+    mlp_prenorm: bool = None
+    qk_norm: bool = None
+    mid_norm: bool = None
+    final_norm: bool = True
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; choose one of {NORMS}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        for switch, on in PRESETS[self.preset].items():
+            if getattr(self, switch) is None:
+                setattr(self, switch, on)
+
+@dataclass
+class GPTConfig(TransformerConfig):
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for speed
+
+@dataclass
+class ViTConfig(TransformerConfig):
+    image_size: int = 32
+    patch_size: int = 4
+    in_chans: int = 3
+    num_classes: int = 10
+    pool: str = 'cls'  # 'cls' token or 'mean' over patches
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
+        if self.pool not in ('cls', 'mean'):
+            raise ValueError(f"unknown pool {self.pool!r}; choose 'cls' or 'mean'")
+
+def Norm(config, dim, on=True):
+    if not on:
+        return nn.Identity()
+    if config.norm == 'rmsnorm':
+        return nn.RMSNorm(dim)
+    return nn.LayerNorm(dim, bias=config.bias)
+
+# ----------------------------------------------------------------------------------------
+# the shared block
+
+class SelfAttention(nn.Module):
+
+    def __init__(self, config, causal):
+        super().__init__()
+        self.n_head, self.head_dim, self.causal, self.dropout = config.n_head, config.n_embd // config.n_head, causal, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        # per-head norm over head_dim with a gain shared by the heads; the 1/sqrt(head_dim) softmax scale is kept
+        self.q_norm = Norm(config, self.head_dim, config.qk_norm)
+        self.k_norm = Norm(config, self.head_dim, config.qk_norm)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).unbind(dim=2)  # 3 x (B, T, nh, hs)
+        q, k = self.q_norm(q), self.k_norm(k)  # normalized over hs before the transpose: no extra copy
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=self.causal)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, nh * hs)
+        return self.resid_dropout(self.c_proj(y))
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+class Block(nn.Module):
+
+    def __init__(self, config, causal):
+        super().__init__()
+        self.ln_1 = Norm(config, config.n_embd)
+        self.attn = SelfAttention(config, causal)
+        self.ln_mid_1 = Norm(config, config.n_embd, config.mid_norm)
+        self.ln_2 = Norm(config, config.n_embd, config.mlp_prenorm)
+        self.mlp = MLP(config)
+        self.ln_mid_2 = Norm(config, config.n_embd, config.mid_norm)
+
+    def forward(self, x):
+        x = x + self.ln_mid_1(self.attn(self.ln_1(x)))
+        x = x + self.ln_mid_2(self.mlp(self.ln_2(x)))
+        return x
+
+# ----------------------------------------------------------------------------------------
+# mSGDW
+
+class SGDW(torch.optim.SGD):
+    """Momentum SGD with decoupled weight decay: p <- p * (1 - lr * wd), then torch's SGD step."""
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, nesterov=False, **kwargs):
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, **kwargs)
+        for group in self.param_groups:  # SGD's own weight_decay is coupled (added to the gradient): keep it 0
+            group['decoupled_weight_decay'], group['weight_decay'] = group['weight_decay'], 0.0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = [p for p in group['params'] if p.grad is not None]
+            if params and group['decoupled_weight_decay']:
+                torch._foreach_mul_(params, 1 - group['lr'] * group['decoupled_weight_decay'])
+        return super().step(closure)
+
+# ----------------------------------------------------------------------------------------
+# the models: an embedding, the shared trunk, a head
+
+# bf16 dense peak FLOP/s by device name, first match wins
+PEAK_FLOPS = [('H100 PCIe', 756e12), ('H100', 989e12), ('H200', 989e12), ('GH200', 989e12),
+              ('A100', 312e12), ('L40S', 362e12), ('A10G', 70e12), ('B200', 2250e12)]
+
+class Transformer(nn.Module):
+    """What GPT and ViT share: InputNorm, the blocks, the final norm, init, optimizers, MFU."""
+
+    def __init__(self, config, causal, embedding, n_pos):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            **embedding,
+            wpe=nn.Embedding(n_pos, config.n_embd),
+            ln_in=Norm(config, config.n_embd, config.input_norm),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, causal) for _ in range(config.n_layer)]),
+            ln_f=Norm(config, config.n_embd, config.final_norm),
+        ))
+
+    def init_weights(self):
+        # normal(0.02) everywhere (nanoGPT / timm). The standard model also shrinks each
+        # residual output projection by 1/sqrt(2 n_layer) to keep the residual stream's variance;
+        # under MidNorm that scale cancels in the forward pass and would only enlarge those
+        # weights' effective step (lr / ||W||^2), so DNT keeps 0.02.
+        proj_std = 0.02 if self.config.mid_norm else 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d)):
+                std = proj_std if name.endswith('c_proj') else 0.02
+                torch.nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+                if getattr(module, 'bias', None) is not None:
+                    torch.nn.init.zeros_(module.bias)
+
+    def trunk(self, x):
+        x = self.transformer.drop(self.transformer.ln_in(x))
+        for block in self.transformer.h:
+            x = block(x)
+        return self.transformer.ln_f(x)
+
+    def get_num_params(self, non_embedding=True):
+        """Parameter count; the tied head is counted once, position embeddings left out by default."""
+        n_params = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
+
+    def configure_optimizers(self, optimizer, learning_rate, weight_decay, betas=(0.9, 0.95),
+                             momentum=0.9, nesterov=False, device_type='cpu'):
+        # decay every matrix (Linear, Embedding, Conv2d): it bounds the scale of the scale-invariant
+        # weights, which is what sets their effective step. Vectors (norm gains, biases, the cls
+        # token) are no such weights and are left alone.
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=weight_decay),
+                  dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+        fused = device_type == 'cuda'  # one kernel for all tensors
+        if optimizer == 'adamw':
+            return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+        if optimizer == 'msgdw':
+            return SGDW(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov, fused=fused)
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'msgdw' or 'adamw'")
+
+    def flops_per_sample(self):
+        """Training FLOPs of one sequence (PaLM appendix B, as in nanoGPT)."""
+        cfg, T = self.config, self.transformer.wpe.num_embeddings
+        return 6 * self.get_num_params() * T + 12 * cfg.n_layer * cfg.n_embd * T * T
+
+    def estimate_mfu(self, samples_per_iter, dt):
+        """Model FLOPs utilization against the device's bf16 peak; None where the peak is unknown."""
+        if not torch.cuda.is_available():
+            return None
+        name = torch.cuda.get_device_name()
+        peak = next((flops for key, flops in PEAK_FLOPS if key in name), None)
+        return None if peak is None else self.flops_per_sample() * samples_per_iter / dt / peak
+
+class GPT(Transformer):
+
+    def __init__(self, config):
+        super().__init__(config, causal=True, embedding=dict(wte=nn.Embedding(config.vocab_size, config.n_embd)),
+                         n_pos=config.block_size)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.init_weights()
+
+    def forward(self, idx, targets=None):
+        b, t = idx.size()
+        assert t <= self.config.block_size, f"sequence of length {t} exceeds block_size {self.config.block_size}"
+        pos = torch.arange(t, dtype=torch.long, device=idx.device)
+        x = self.trunk(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (b, t, n_embd)
+        if targets is None:  # inference: only the last position's logits
+            return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x)
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+
+    def crop_block_size(self, block_size):
+        """Shrink the context, e.g. to fine-tune with a shorter one."""
+        assert block_size <= self.config.block_size
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """Extend idx (b, t) by max_new_tokens sampled tokens; top_k=1 is greedy decoding."""
+        for _ in range(max_new_tokens):
+            idx_cond = idx[:, -self.config.block_size:]
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :] / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float('inf')
+            idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+class ViT(Transformer):
+
+    def __init__(self, config):
+        n_patches = (config.image_size // config.patch_size) ** 2
+        patch = nn.Conv2d(config.in_chans, config.n_embd, config.patch_size, stride=config.patch_size, bias=config.bias)
+        super().__init__(config, causal=False, embedding=dict(patch=patch),
+                         n_pos=n_patches + (config.pool == 'cls'))
+        # a vector, not a (1, 1, C) tensor, so that like other vectors it gets no weight decay
+        self.cls_token = nn.Parameter(torch.zeros(config.n_embd)) if config.pool == 'cls' else None
+        self.head = nn.Linear(config.n_embd, config.num_classes, bias=True)
+        self.init_weights()
+
+    def forward(self, img, targets=None, label_smoothing=0.0):
+        x = self.transformer.patch(img).flatten(2).transpose(1, 2)  # (B, C, H/p, W/p) -> (B, N, C)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.size(0), 1, -1), x], dim=1)  # (B, 1 + N, C)
+        x = self.trunk(x + self.transformer.wpe.weight)
+        logits = self.head(x[:, 0] if self.config.pool == 'cls' else x.mean(dim=1))  # (B, num_classes)
+        loss = None if targets is None else F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        return logits, loss
