@@ -1,0 +1,19 @@
+# DNT GPT-2 large (774M) with mSGDW. 8 x 60 = 480 sequences of 1024 per iteration.
+# The paper gives no learning rate for this size; 1.0 is its 124M value.
+wandb_run_name = 'dnt_gpt2_large_msgdw'
+out_dir = 'out/dnt_gpt2_large_msgdw'
+dataset = 'openwebtext'
+vocab_size = 50304  # GPT-2's 50257 padded to a multiple of 64
+preset = 'dnt'
+n_layer, n_head, n_embd = 36, 20, 1280
+batch_size, block_size, gradient_accumulation_steps = 8, 1024, 60
+max_iters = lr_decay_iters = 100000
+warmup_iters = 2000
+eval_interval, eval_iters, log_interval = 1000, 200, 10
+optimizer = 'msgdw'
+learning_rate, min_lr = 1.0, 0.1  # the paper's lr for DNT 124M
+momentum = 0.9
+# not given by the paper: decoupled p <- p * (1 - lr * wd); lr * wd = 1e-4 per step at peak,
+# about AdamW's 6e-4 * 0.1. To be confirmed by the sweeps of reproduce.py (README, Results).
+weight_decay = 1e-4
+grad_clip = 1.0

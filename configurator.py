@@ -1,0 +1,54 @@
+"""
+nanoGPT-style configuration: `python train.py config/x.py --key=value ...`
+
+Defaults are the module-level values of the calling script. A config file is Python,
+run in a fresh namespace; its public names override the defaults. `--key=value` is parsed
+with ast.literal_eval (a bare word stays a string). Later arguments win. An unknown key or a
+value of the wrong type stops the program with a message; an int is accepted for a float.
+"""
+import ast
+import difflib
+import types
+
+
+def _check(defaults, key, value, source):
+    if key not in defaults:
+        close = difflib.get_close_matches(key, defaults, n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise SystemExit(f"{source}: unknown config key '{key}'{hint}")
+    default = defaults[key]
+    if default is None or type(value) is type(default):
+        return value
+    if type(default) is float and type(value) is int:
+        return float(value)
+    raise SystemExit(f"{source}: {key} must be a {type(default).__name__} like {default!r}, "
+                     f"got {value!r} ({type(value).__name__})")
+
+
+def configure(defaults, argv):
+    """Return a copy of `defaults` with the overrides from argv applied."""
+    config = dict(defaults)
+    for arg in argv:
+        if arg.startswith('--'):
+            key, sep, value = arg[2:].partition('=')
+            if not sep:
+                raise SystemExit(f"expected --key=value, got '{arg}'")
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                pass  # a bare word, e.g. --optimizer=adamw
+            overrides, source = {key: value}, arg
+        else:
+            try:
+                with open(arg) as f:
+                    code = f.read()
+            except OSError as e:
+                raise SystemExit(f"cannot read config file '{arg}': {e.strerror}")
+            namespace = {}
+            exec(compile(code, arg, 'exec'), namespace)
+            overrides = {k: v for k, v in namespace.items()
+                         if not k.startswith('_') and not isinstance(v, types.ModuleType) and not callable(v)}
+            source = arg
+        for key, value in overrides.items():
+            config[key] = _check(defaults, key, value, source)
+    return config

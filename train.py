@@ -1,0 +1,450 @@
+"""
+One training loop for DNT-GPT (language, data/<dataset>/*.bin) and DNT-ViT (images).
+
+Single process (a GPU, or a CPU for the small configs):
+$ python train.py config/dnt_shakespeare_char.py
+One node, 8 GPUs:
+$ torchrun --standalone --nproc_per_node=8 train.py config/dnt_gpt2.py
+Override any default below from a config file or the command line: --key=value.
+"""
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from configurator import configure
+from model import GPT, GPTConfig, ViT, ViTConfig
+from prepare_data import load_images, load_meta
+
+# ----------------------------------------------------------------------------------------
+# default config: DNT GPT-2 124M on OpenWebText with mSGDW
+# I/O
+out_dir = 'out'
+eval_interval = 1000
+log_interval = 10
+eval_iters = 200
+eval_only = False
+always_save_checkpoint = True  # else save only when val loss improves
+init_from = 'scratch'  # 'scratch' or 'resume'
+wandb_log = False
+wandb_project = 'nanodnt'
+wandb_run_name = 'dnt_gpt2'
+# data
+dataset = 'openwebtext'
+data_dir = ''  # default: data/<dataset>
+gradient_accumulation_steps = 40  # for the whole run: divided by the number of processes under DDP
+batch_size = 12  # per micro-step and process
+block_size = 1024
+vocab_size = 0  # 0: meta.json's; 50304 pads GPT-2's 50257 to a multiple of 64 for speed
+augment = True  # images: random crop with padding and horizontal flip, on the device
+crop_padding = 4
+label_smoothing = 0.0
+# model (the norm switches left at None follow the preset; see model.py)
+preset = 'dnt'
+norm = 'layernorm'
+input_norm = None
+mlp_prenorm = None
+qk_norm = None
+mid_norm = None
+final_norm = True
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0
+bias = False
+patch_size = 4  # ViT
+pool = 'cls'  # ViT: 'cls' or 'mean'
+# optimizer: 'msgdw' (momentum SGD, decoupled weight decay) or 'adamw'
+optimizer = 'msgdw'
+learning_rate = 1.0
+weight_decay = 1e-4
+momentum = 0.9  # msgdw
+nesterov = False  # msgdw
+beta1 = 0.9  # adamw
+beta2 = 0.95  # adamw
+grad_clip = 1.0  # 0 disables
+# learning rate: linear warmup, then cosine decay to min_lr
+max_iters = 100000
+decay_lr = True
+warmup_iters = 2000
+lr_decay_iters = 100000
+min_lr = 0.1
+# diagnostics: gradient statistics every this many iterations into log.jsonl (0: off)
+grad_stats_interval = 0
+# system
+device = 'cuda' if torch.cuda.is_available() else 'cpu'
+dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
+compile = True
+seed = 1337
+# ----------------------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
+globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:]))
+config = {k: globals()[k] for k in config_keys}  # the resolved run config, for logs and checkpoints
+# ----------------------------------------------------------------------------------------
+
+# distributed setup: torchrun sets RANK, LOCAL_RANK, WORLD_SIZE
+ddp = int(os.environ.get('RANK', -1)) != -1
+if ddp:
+    rank, local_rank, world_size = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+    if device.startswith('cuda'):
+        device = f'cuda:{local_rank}'
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
+    if gradient_accumulation_steps % world_size:
+        sys.exit(f"train.py: error: gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number of processes ({world_size})")
+else:
+    rank, local_rank, world_size = 0, 0, 1
+master_process = rank == 0
+accum_steps = gradient_accumulation_steps // world_size  # micro-steps of this process
+device_type = 'cuda' if device.startswith('cuda') else 'cpu'
+torch.manual_seed(seed + rank)  # dropout differs per process; the data stream below is shared
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+
+
+def log(*args):
+    if master_process:
+        print(*args, flush=True)
+
+
+def fail(message):
+    print(f"train.py: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+# ----------------------------------------------------------------------------------------
+# data: one generator, seeded alike on every process, draws each iteration's global batch;
+# each process keeps its rows, so N processes see the data of one process accumulating N times
+
+data_dir = data_dir or os.path.join('data', dataset)
+try:
+    meta = load_meta(data_dir)
+except FileNotFoundError as e:
+    fail(e)
+data_gen = torch.Generator().manual_seed(seed)
+eval_seed = seed + 1  # every eval draws the same batches, from its own generator
+
+if meta['kind'] == 'text':
+    samples_per_iter = batch_size * block_size  # tokens per micro-step
+
+    def get_batches(split, n_total, rows, gen):
+        # a fresh memmap per call: a long-lived one grows memory (nanoGPT issue #158)
+        data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
+        ix = torch.randint(len(data) - block_size, (n_total, batch_size), generator=gen)[rows]
+        batches = []
+        for row in ix:
+            x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in row])
+            y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in row])
+            if device_type == 'cuda':  # pinned memory lets the copy run asynchronously
+                x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+            batches.append((x.to(device), y.to(device)))
+        return batches
+else:
+    samples_per_iter = batch_size  # images per micro-step
+    images = {split: load_images(data_dir, split) for split in ('train', 'val')}
+    images = {split: (torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device),  # (N, H, W, C) -> (N, C, H, W)
+                      torch.from_numpy(y).to(device)) for split, (x, y) in images.items()}
+    channel_mean = torch.tensor(meta['mean'], device=device).view(1, -1, 1, 1)
+    channel_std = torch.tensor(meta['std'], device=device).view(1, -1, 1, 1)
+
+    def normalize(x):
+        return (x.float() / 255 - channel_mean) / channel_std
+
+    def random_crop_flip(x, shifts, flips):
+        """Per-sample crop of a zero-padded image and horizontal flip, as one gather on the device."""
+        B, C, H, W = x.shape
+        x = F.pad(x, (crop_padding,) * 4)  # (B, C, H + 2p, W + 2p)
+        rows = shifts[:, :1] + torch.arange(H, device=device)  # (B, H)
+        cols = shifts[:, 1:] + torch.arange(W, device=device)  # (B, W)
+        cols = torch.where(flips[:, None], cols.flip(1), cols)  # a flip reverses the column order
+        b, c = torch.arange(B, device=device), torch.arange(C, device=device)
+        return x[b[:, None, None, None], c[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+
+    def get_batches(split, n_total, rows, gen):
+        x_all, y_all = images[split]
+        ix = torch.randint(len(x_all), (n_total, batch_size), generator=gen)[rows].to(device)
+        shifts = torch.randint(2 * crop_padding + 1, (n_total, batch_size, 2), generator=gen)[rows].to(device)
+        flips = (torch.rand((n_total, batch_size), generator=gen) < 0.5)[rows].to(device)
+        batches = []
+        for i, s, f in zip(ix, shifts, flips):
+            x = random_crop_flip(x_all[i], s, f) if augment else x_all[i]
+            batches.append((normalize(x), y_all[i]))
+        return batches
+
+# ----------------------------------------------------------------------------------------
+# model
+
+if meta['kind'] == 'text':
+    ModelConfig, Model = GPTConfig, GPT
+    derived = dict(block_size=block_size, vocab_size=vocab_size or meta['vocab_size'])
+    if derived['vocab_size'] < meta['vocab_size']:
+        fail(f"vocab_size ({vocab_size}) is smaller than the dataset's ({meta['vocab_size']}); use 0 to take the dataset's")
+else:
+    ModelConfig, Model = ViTConfig, ViT
+    H, W, C = meta['shape']
+    derived = dict(image_size=H, in_chans=C, num_classes=meta['num_classes'])
+model_fields = [f.name for f in fields(ModelConfig)]
+try:
+    model_config = ModelConfig(**{**{k: v for k, v in config.items() if k in model_fields}, **derived})
+except ValueError as e:
+    fail(e)
+model_args = asdict(model_config)  # resolved: the preset's switches filled in
+model = Model(model_config).to(device)
+
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+iter_num, best_val_loss, checkpoint = 0, float('inf'), None
+if init_from == 'resume':
+    if not os.path.exists(ckpt_path):
+        fail(f"no checkpoint at {ckpt_path} to resume from; check --out_dir or start with --init_from=scratch")
+    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
+    changed = {k: (v, model_args.get(k)) for k, v in checkpoint['model_args'].items() if model_args.get(k) != v}
+    if changed:
+        fail(f"{ckpt_path} holds a different model: " + ', '.join(f"{k}={a!r} there, {b!r} asked" for k, (a, b) in changed.items())
+             + "; use the checkpoint's settings or another --out_dir")
+    model.load_state_dict(checkpoint['model'])
+    iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
+elif init_from != 'scratch':
+    fail(f"unknown init_from '{init_from}'; choose 'scratch' or 'resume'")
+
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+try:
+    opt = model.configure_optimizers(optimizer, learning_rate, weight_decay, (beta1, beta2), momentum, nesterov, device_type)
+except ValueError as e:
+    fail(e)
+if checkpoint is not None:
+    opt.load_state_dict(checkpoint['optimizer'])
+    scaler.load_state_dict(checkpoint['scaler'])
+    data_gen.set_state(checkpoint['rng']['data'])
+    if checkpoint['rng']['world_size'] == world_size:  # else dropout just continues from fresh seeds
+        torch.set_rng_state(checkpoint['rng']['cpu'][rank])
+        if device_type == 'cuda':
+            torch.cuda.set_rng_state(checkpoint['rng']['cuda'][rank])
+    checkpoint = None  # free the memory
+
+raw_model = model
+if compile:
+    log("compiling the model... (takes a ~minute)")
+    model = torch.compile(model)
+if ddp:
+    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
+
+
+def all_reduce_sum(t):
+    if ddp:
+        dist.all_reduce(t)
+    return t
+
+
+@torch.no_grad()
+def evaluate():
+    """LM: mean loss over eval_iters batches of each split. Images: loss and top-1 over all of val."""
+    model.eval()
+    out = {}
+    if meta['kind'] == 'text':
+        for split in ('train', 'val'):
+            total = torch.zeros(2, device=device)  # (sum of losses, batches)
+            gen = torch.Generator().manual_seed(eval_seed)
+            for x, y in get_batches(split, eval_iters, slice(rank, None, world_size), gen):  # this process's share
+                with ctx:
+                    _, loss = model(x, y)
+                total += torch.stack([loss.float(), torch.ones((), device=device)])
+            loss_sum, count = all_reduce_sum(total).tolist()
+            out[f'{split}_loss'] = loss_sum / count
+    else:
+        x_val, y_val = images['val']
+        total = torch.zeros(3, device=device)  # (sum of losses, correct, samples)
+        for start in range(rank * batch_size, len(x_val), world_size * batch_size):
+            x, y = normalize(x_val[start:start + batch_size]), y_val[start:start + batch_size]
+            with ctx:
+                logits, loss = model(x, y)
+            total += torch.stack([loss.float() * len(y), (logits.argmax(-1) == y).sum().float(), torch.tensor(len(y), device=device).float()])
+        loss_sum, correct, count = all_reduce_sum(total).tolist()
+        out.update(val_loss=loss_sum / count, val_acc=correct / count)
+    model.train()
+    return out
+
+
+def get_lr(it):
+    if not decay_lr:
+        return learning_rate
+    if it < warmup_iters:  # linear warmup; (it + 1) so step 0 does not get lr 0
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+# ----------------------------------------------------------------------------------------
+# gradient statistics (the paper's Figure 1): how heavy-tailed is |g|, per weight matrix
+
+GRAD_KINDS = {'c_attn': 'attn_qkv', 'attn.c_proj': 'attn_out', 'c_fc': 'mlp_in', 'mlp.c_proj': 'mlp_out',
+              'wte': 'embed', 'wpe': 'embed', 'patch': 'embed', 'head': 'head'}
+GRAD_BIN_EDGES = torch.logspace(-12, 0, 49)  # 4 bins a decade; below and above go to the end bins
+
+
+def grad_stats():
+    """Histogram of |g| per kind of weight and pooled, and per-tensor tail statistics.
+    Statistics use the nonzero entries: rows of tokens absent from the batch get exactly zero."""
+    edges = GRAD_BIN_EDGES.to(device)
+    hist, tensors = {}, {}
+    for name, p in raw_model.named_parameters():
+        if p.grad is None or p.dim() < 2:
+            continue
+        g = p.grad.detach().float().flatten()
+        g = g[g != 0]
+        if g.numel() == 0:
+            continue
+        a = g.abs().sort().values
+        quantile = lambda q: a[min(int(q * a.numel()), a.numel() - 1)].item()
+        centered = g - g.mean()
+        kind = next((v for k, v in GRAD_KINDS.items() if k in name), 'other')
+        stats = dict(kind=kind, median=quantile(0.5), p99=quantile(0.99), p999=quantile(0.999), max=a[-1].item(),
+                     kurtosis=((centered ** 4).mean() / (centered ** 2).mean() ** 2).item())
+        stats['p999_over_median'] = stats['p999'] / stats['median']
+        tensors[name] = stats
+        counts = torch.bucketize(a, edges).bincount(minlength=len(edges) + 1)
+        for key in (kind, 'all'):
+            hist[key] = hist.get(key, 0) + counts
+    return dict(bin_edges=GRAD_BIN_EDGES.tolist(), hist={k: v.tolist() for k, v in hist.items()}, tensors=tensors)
+
+
+# ----------------------------------------------------------------------------------------
+# checkpoints and logs
+
+def save_checkpoint():
+    # every process's RNG state, so that resuming on the same number of processes continues exactly
+    rng = dict(data=data_gen.get_state(), world_size=world_size, cpu=[torch.get_rng_state()],
+               cuda=[torch.cuda.get_rng_state()] if device_type == 'cuda' else [])
+    if ddp:
+        for key in ('cpu', 'cuda'):
+            gathered = [None] * world_size
+            dist.all_gather_object(gathered, rng[key][0] if rng[key] else None)
+            rng[key] = gathered if rng[key] else []
+    if not master_process:
+        return
+    checkpoint = dict(model=raw_model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
+                      model_args=model_args, model_type=meta['kind'], iter_num=iter_num,
+                      best_val_loss=best_val_loss, config=config, rng=rng)
+    torch.save(checkpoint, ckpt_path + '.tmp')
+    os.replace(ckpt_path + '.tmp', ckpt_path)  # atomic: a crash mid-write keeps the previous checkpoint
+    log(f"saved checkpoint to {ckpt_path}")
+
+
+log_path = os.path.join(out_dir, 'log.jsonl')
+
+
+def write_log(record):
+    if master_process:
+        with open(log_path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+        if wandb_log:
+            wandb.log(record, step=record['iter'])
+
+
+if master_process:
+    os.makedirs(out_dir, exist_ok=True)
+    log(json.dumps(config, indent=1))
+    with open(os.path.join(out_dir, 'config.json'), 'w') as f:
+        json.dump(config, f, indent=1)
+    if init_from == 'scratch' and os.path.exists(log_path):
+        os.remove(log_path)  # a fresh run starts a fresh log
+    log(f"{Model.__name__} with {raw_model.get_num_params() / 1e6:.2f}M parameters; {world_size} process(es), "
+        f"{accum_steps} micro-steps of {batch_size} each, {samples_per_iter * accum_steps * world_size:,} "
+        f"{'tokens' if meta['kind'] == 'text' else 'images'} per iteration")
+    if wandb_log:
+        import wandb
+        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+
+# SIGTERM (cluster preemption) or SIGINT: finish the step, save, exit 0. A second SIGINT kills.
+stop_signal = []
+
+
+def request_stop(signum, frame):
+    stop_signal.append(signum)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+signal.signal(signal.SIGTERM, request_stop)
+signal.signal(signal.SIGINT, request_stop)
+
+# ----------------------------------------------------------------------------------------
+# training loop
+
+t0 = time.time()
+running_mfu = -1.0
+while True:
+    lr = get_lr(iter_num)
+    for group in opt.param_groups:
+        group['lr'] = lr
+
+    if iter_num % eval_interval == 0 or iter_num == max_iters:
+        losses = evaluate()
+        log(f"step {iter_num}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+        write_log(dict(iter=iter_num, lr=lr, **losses))
+        if not math.isfinite(losses['val_loss']):
+            fail(f"val loss is {losses['val_loss']} at iter {iter_num}; not saving. Lower learning_rate "
+                 f"(now {learning_rate}) or raise warmup_iters; {ckpt_path} is the last good checkpoint")
+        if iter_num > 0 and (losses['val_loss'] < best_val_loss or always_save_checkpoint):
+            best_val_loss = min(best_val_loss, losses['val_loss'])
+            save_checkpoint()
+    if eval_only or iter_num >= max_iters:
+        break
+
+    # forward, backward, update; sync gradients across processes on the last micro-step only
+    loss_sum = torch.zeros((), device=device)
+    for micro_step, (x, y) in enumerate(get_batches('train', gradient_accumulation_steps,
+                                                    slice(rank * accum_steps, (rank + 1) * accum_steps), data_gen)):
+        if ddp:
+            model.require_backward_grad_sync = micro_step == accum_steps - 1
+        with ctx:
+            _, loss = model(x, y, label_smoothing) if meta['kind'] == 'image' else model(x, y)
+            loss = loss / accum_steps  # the gradient is the mean over micro-steps
+        scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    scaler.unscale_(opt)
+    if grad_stats_interval and iter_num % grad_stats_interval == 0 and master_process:
+        write_log(dict(iter=iter_num, grad_stats=grad_stats()))
+    if grad_clip != 0.0:
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    iter_num += 1
+
+    # one small all-reduce per iteration: every process sees the same mean loss and stop request
+    status = all_reduce_sum(torch.stack([loss_sum.float(), torch.tensor(float(bool(stop_signal)), device=device)]))
+    lossf, stop = status[0].item() / world_size, status[1].item() > 0
+    if not math.isfinite(lossf):
+        fail(f"loss is {lossf} at iter {iter_num}; stopping without saving. Lower learning_rate "
+             f"(now {learning_rate}) or raise warmup_iters; {ckpt_path} is the last good checkpoint")
+    t1 = time.time()
+    dt, t0 = t1 - t0, t1
+    if iter_num % log_interval == 0:
+        throughput = samples_per_iter * accum_steps * world_size / dt
+        mfu = raw_model.estimate_mfu(accum_steps * batch_size, dt)
+        if mfu is not None:
+            running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
+        log(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.3e}, time {dt * 1000:.2f}ms, "
+            f"{throughput:,.0f} {'tok' if meta['kind'] == 'text' else 'img'}/s"
+            + (f", mfu {running_mfu * 100:.2f}%" if mfu is not None else ""))
+        write_log(dict(iter=iter_num, loss=lossf, lr=lr, ms=dt * 1000, throughput=throughput, mfu=mfu))
+    if stop:
+        log(f"stop requested by signal at iter {iter_num}: saving and exiting")
+        save_checkpoint()
+        break
+
+if ddp:
+    dist.destroy_process_group()
