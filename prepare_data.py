@@ -1,0 +1,399 @@
+"""
+Prepare a dataset for train.py: `python prepare_data.py NAME [--out_dir DIR] [--input PATH]`
+writes data/NAME/ (or DIR). NAME is one of shakespeare_char, shakespeare, openwebtext,
+cifar10, fashion_mnist, npz.
+
+On-disk format (train.py and sample.py read it only through the functions below):
+- meta.json, always (JSON, never pickles):
+    text:  {"kind": "text", "vocab_size": int, "tokenizer": "char" | "gpt2",
+            "itos": [characters] (char only), "train_tokens": int, "val_tokens": int}
+    image: {"kind": "image", "shape": [H, W, C], "num_classes": int, "class_names": [str],
+            "mean": [per channel, 0..1], "std": [per channel, 0..1], "train_size": int, "val_size": int}
+- text:  train.bin, val.bin: flat np.uint16 token ids (nanoGPT's format, read with np.memmap).
+- image: train_x.npy, val_x.npy: (N, H, W, C) uint8, channels last even for C=1;
+         train_y.npy, val_y.npy: (N,) int64. Plain np.save, loadable with allow_pickle=False.
+- mean/std are over the train images, per channel, in 0..1 (pixel / 255).
+
+A dataset directory is built in a hidden sibling (data/.NAME.tmp-xxxx) and renamed into
+place only when complete, so train.py never sees a partial one.
+
+Downloads go to --cache_dir (default: `downloads` next to the dataset dir, i.e. data/downloads/),
+via a temporary file renamed only after the checksum matched; a file already in the cache
+is used as is (it was verified when it arrived). `--input` takes a local copy instead:
+the text file (shakespeare*), the tar.gz (cifar10), a directory with the 4 .gz files
+(fashion_mnist) or the .npz (npz). Local copies are not checksummed, only parsed strictly
+(repackaged copies, e.g. Debian's re-gzipped Fashion-MNIST, differ in md5 but not in content).
+npz import: x_train, y_train, x_test, y_test (uint8 [N,H,W] or [N,H,W,C]; integer labels),
+optional class_names; its default out_dir is data/<file name without .npz>.
+"""
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import sys
+import tarfile
+import tempfile
+import zipfile
+from contextlib import contextmanager
+
+import numpy as np
+
+# file in the download cache -> (url, md5)
+DOWNLOADS = {
+    'tinyshakespeare.txt': ('https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
+                            '6fb458f1232090904fb40fe944165e91'),
+    'cifar-10-python.tar.gz': ('https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz',
+                               'c58f30108f718f92721af3b95e74349a'),
+}
+FMNIST_FILES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),  # split -> (images, labels)
+                'val': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
+DOWNLOADS.update({f: ('http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/' + f, md5) for f, md5 in [
+    ('train-images-idx3-ubyte.gz', '8d4fb7e6c68d591d4c3dfef9ec88bf0d'),
+    ('train-labels-idx1-ubyte.gz', '25c81989df183df01b3e8a0aad5dffbe'),
+    ('t10k-images-idx3-ubyte.gz', 'bef4ecab320f06d8554ea6380940ec79'),
+    ('t10k-labels-idx1-ubyte.gz', 'bb300cfdad3c16e7a12a480ee83fd310')]})
+FMNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
+
+def _default_mode(path, mode):
+    """mkdtemp/mkstemp create private (0700/0600) paths; give them the usual permissions before publishing."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+class DataError(Exception):
+    """A problem with the data or its source; main() reports it in one line."""
+
+# ----------------------------------------------------------------------------------------
+# readers shared with train.py and sample.py
+
+def load_meta(data_dir):
+    path = os.path.join(data_dir, 'meta.json')
+    if not os.path.isfile(path):
+        name = os.path.basename(os.path.normpath(data_dir))
+        cmd = name if name in DATASETS and name != 'npz' else 'npz --input FILE.npz'  # other names: an imported npz
+        raise FileNotFoundError(f"no dataset in {data_dir} (meta.json missing); create it with: "
+                                f"python prepare_data.py {cmd} --out_dir {data_dir}")
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
+
+def load_images(data_dir, split):
+    assert split in ('train', 'val'), split
+    x = np.load(os.path.join(data_dir, f'{split}_x.npy'), allow_pickle=False)
+    y = np.load(os.path.join(data_dir, f'{split}_y.npy'), allow_pickle=False)
+    return x, y
+
+def get_tokenizer(meta):
+    if meta.get('tokenizer') == 'gpt2':
+        import tiktoken
+        enc = tiktoken.get_encoding('gpt2')
+        return enc.encode_ordinary, lambda ids: enc.decode([int(i) for i in ids])
+    if meta.get('tokenizer') == 'char':
+        itos = meta['itos']
+        stoi = {c: i for i, c in enumerate(itos)}
+        def encode(s):
+            try:
+                return [stoi[c] for c in s]
+            except KeyError:
+                unknown = dict.fromkeys(c for c in s if c not in stoi)  # in order of appearance
+                raise ValueError("characters not in the vocabulary: " + ', '.join(map(repr, unknown))) from None
+        return encode, lambda ids: ''.join(itos[i] for i in ids)
+    raise ValueError(f"no tokenizer in meta (kind={meta.get('kind')!r}, tokenizer={meta.get('tokenizer')!r})")
+
+# ----------------------------------------------------------------------------------------
+# downloads and atomic writes
+
+class _Progress:
+    """Plain stderr progress for when tqdm is not installed."""
+    def __init__(self, total, desc):
+        self.total, self.desc, self.n = total, desc, 0
+    def update(self, n):
+        self.n += n
+        of = f" / {self.total / 1e6:.1f}" if self.total else ""
+        print(f"\r{self.desc}: {self.n / 1e6:.1f}{of} MB", end='', file=sys.stderr, flush=True)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        print(file=sys.stderr)
+
+def _progress(total, desc):
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total or None, unit='B', unit_scale=True, desc=desc)
+    except ImportError:
+        return _Progress(total, desc)
+
+def fetch(fname, args):
+    """Path of a download-cache file, downloading it first if it is not there yet."""
+    url, md5 = DOWNLOADS[fname]
+    path = os.path.join(args.cache_dir, fname)
+    if os.path.exists(path):
+        print(f"using cached {path}")
+        return path
+    try:
+        import requests
+    except ImportError:
+        raise DataError(f"downloading {fname} needs requests: pip install requests (or use --input)") from None
+    os.makedirs(args.cache_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{fname}.part-', dir=args.cache_dir)
+    try:
+        h = hashlib.md5()
+        with os.fdopen(fd, 'wb') as f, requests.get(url, stream=True, timeout=30) as r:
+            r.raise_for_status()
+            with _progress(int(r.headers.get('content-length', 0)), f"downloading {fname}") as bar:
+                for chunk in r.iter_content(1 << 20):
+                    f.write(chunk)
+                    h.update(chunk)
+                    bar.update(len(chunk))
+        if h.hexdigest() != md5:
+            raise DataError(f"checksum mismatch for {url}: md5 {h.hexdigest()}, expected {md5}")
+        _default_mode(tmp, 0o666)
+        os.replace(tmp, path)
+    except requests.RequestException as e:
+        http = isinstance(e, requests.HTTPError) and e.response is not None
+        reason = f"HTTP {e.response.status_code}" if http else type(e).__name__
+        raise DataError(f"download of {url} failed ({reason}); offline? use --input with a local copy") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+def local_or_fetch(fname, args):
+    if args.input is None:
+        return fetch(fname, args)
+    path = os.path.join(args.input, fname) if os.path.isdir(args.input) else args.input
+    if not os.path.isfile(path):
+        raise DataError(f"--input: {path} not found")
+    return path
+
+@contextmanager
+def atomic_dir(out_dir):
+    """Yield a temporary sibling of out_dir that replaces out_dir only if the block succeeds."""
+    out_dir = os.path.abspath(out_dir)
+    parent, name = os.path.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{name}.tmp-', dir=parent)
+    try:
+        yield tmp
+        _default_mode(tmp, 0o777)
+        if os.path.exists(out_dir):  # an older version: move it aside first, os.replace can't overwrite a full dir
+            old = tempfile.mkdtemp(prefix=f'.{name}.old-', dir=parent)
+            os.replace(out_dir, os.path.join(old, name))
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+# ----------------------------------------------------------------------------------------
+# writers
+
+def write_text(out, train_ids, val_ids, **meta):
+    if meta['vocab_size'] > 65536:
+        raise DataError(f"vocab_size {meta['vocab_size']} does not fit the uint16 token files")
+    for split, ids in (('train', train_ids), ('val', val_ids)):
+        np.asarray(ids, dtype=np.uint16).tofile(os.path.join(out, f'{split}.bin'))
+    return dict(kind='text', **meta, train_tokens=len(train_ids), val_tokens=len(val_ids))
+
+def check_images(x, y, split, num_classes=None):
+    """Validate one split; returns x as (N, H, W, C) and y as int64."""
+    if x.dtype != np.uint8 or x.ndim not in (3, 4):
+        raise DataError(f"x_{split} must be uint8 images [N,H,W] or [N,H,W,C], got {x.dtype} {list(x.shape)}")
+    if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),):
+        raise DataError(f"y_{split} must be {len(x)} integer labels, got {y.dtype} {list(y.shape)}")
+    if len(x) == 0:
+        raise DataError(f"x_{split} is empty")
+    if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
+        raise DataError(f"y_{split} has labels outside 0..{(num_classes or 1) - 1}: {y.min()}..{y.max()}")
+    return (x[..., None] if x.ndim == 3 else x), y.astype(np.int64)
+
+def write_images(out, train, val, class_names):
+    (xt, yt), (xv, yv) = train, val
+    if xt.shape[1:] != xv.shape[1:]:
+        raise DataError(f"train and test images differ in shape: {list(xt.shape[1:])} vs {list(xv.shape[1:])}")
+    for split, x, y in (('train', xt, yt), ('val', xv, yv)):
+        np.save(os.path.join(out, f'{split}_x.npy'), np.ascontiguousarray(x))
+        np.save(os.path.join(out, f'{split}_y.npy'), y)
+    # per-channel sums in chunks: one float64 copy of all of CIFAR-10 would be 1.2 GB
+    C, s1, s2 = xt.shape[-1], 0, 0
+    for i in range(0, len(xt), 1000):
+        b = xt[i:i + 1000].reshape(-1, C).astype(np.float64)
+        s1, s2 = s1 + b.sum(0), s2 + (b * b).sum(0)
+    n = xt.size // C
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean ** 2, 0))
+    return dict(kind='image', shape=list(xt.shape[1:]), num_classes=len(class_names), class_names=list(class_names),
+                mean=(mean / 255).tolist(), std=(std / 255).tolist(), train_size=len(xt), val_size=len(xv))
+
+# ----------------------------------------------------------------------------------------
+# datasets
+
+def _shakespeare_text(args):
+    with open(local_or_fetch('tinyshakespeare.txt', args), encoding='utf-8', newline='') as f:
+        text = f.read()  # newline='': keep the text exactly as in the file
+    n = int(0.9 * len(text))
+    return text[:n], text[n:]
+
+def prepare_shakespeare_char(out, args):
+    train, val = _shakespeare_text(args)
+    itos = sorted(set(train + val))
+    encode, _ = get_tokenizer({'tokenizer': 'char', 'itos': itos})
+    return write_text(out, encode(train), encode(val), vocab_size=len(itos), tokenizer='char', itos=itos)
+
+def _gpt2():
+    try:
+        import tiktoken
+        return tiktoken.get_encoding('gpt2')
+    except Exception as e:  # offline without a cache raises whatever the HTTP client raised
+        raise DataError(f"tiktoken cannot load the gpt2 encoding ({type(e).__name__}); offline? set TIKTOKEN_CACHE_DIR "
+                        "to a folder holding tiktoken's cache files") from None
+
+def prepare_shakespeare(out, args):
+    train, val = _shakespeare_text(args)
+    enc = _gpt2()
+    return write_text(out, enc.encode_ordinary(train), enc.encode_ordinary(val), vocab_size=enc.n_vocab, tokenizer='gpt2')
+
+def prepare_openwebtext(out, args):
+    try:
+        from datasets import load_dataset
+        from tqdm import tqdm
+    except ImportError as e:
+        raise DataError(f"openwebtext needs Hugging Face datasets ({e.name} is missing): pip install datasets") from None
+    enc = _gpt2()
+    try:
+        ds = load_dataset('openwebtext', num_proc=args.num_proc)
+    except Exception as e:  # network and hub errors come in many classes
+        raise DataError(f"load_dataset('openwebtext') failed ({type(e).__name__}: {str(e)[:200]})") from None
+    split = ds['train'].train_test_split(test_size=0.0005, seed=2357, shuffle=True)
+    split['val'] = split.pop('test')
+    def tokenize(doc):
+        ids = enc.encode_ordinary(doc['text']) + [enc.eot_token]  # EOT separates documents
+        return {'ids': ids, 'len': len(ids)}
+    split = split.map(tokenize, remove_columns=['text'], desc='tokenizing', num_proc=args.num_proc)
+    sizes = {}
+    for name, dset in split.items():
+        sizes[name] = n = int(sum(dset['len']))
+        arr = np.memmap(os.path.join(out, f'{name}.bin'), dtype=np.uint16, mode='w+', shape=(n,))
+        shards, i = min(1024, len(dset)), 0
+        for k in tqdm(range(shards), desc=f'writing {name}.bin'):  # shards keep the memory use bounded
+            ids = np.concatenate(dset.shard(num_shards=shards, index=k, contiguous=True).with_format('numpy')['ids'])
+            arr[i:i + len(ids)] = ids
+            i += len(ids)
+        arr.flush()
+        del arr
+    return dict(kind='text', vocab_size=enc.n_vocab, tokenizer='gpt2', train_tokens=sizes['train'], val_tokens=sizes['val'])
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """The CIFAR-10 batches are pickles; allow only what rebuilds a numpy array, so a file can't run code."""
+    ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+               ('numpy', 'ndarray'), ('numpy', 'dtype')}
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+def safe_unpickle(data):
+    return _NumpyOnlyUnpickler(io.BytesIO(data), encoding='bytes').load()  # bytes: the files come from Python 2
+
+def prepare_cifar10(out, args):
+    path = local_or_fetch('cifar-10-python.tar.gz', args)
+    try:
+        with tarfile.open(path, 'r:gz') as tar:  # read members in memory, never extract to disk
+            load = lambda name: safe_unpickle(tar.extractfile(f'cifar-10-batches-py/{name}').read())
+            def batches(names, split):
+                ds = [load(n) for n in names]
+                x = np.concatenate([np.asarray(d[b'data'], dtype=np.uint8) for d in ds])
+                x = x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # rows are CHW, we store HWC
+                return check_images(x, np.concatenate([np.asarray(d[b'labels'], dtype=np.int64) for d in ds]), split, 10)
+            train = batches([f'data_batch_{i}' for i in range(1, 6)], 'train')
+            val = batches(['test_batch'], 'test')
+            names = [n.decode() for n in load('batches.meta')[b'label_names']]
+    except (tarfile.TarError, KeyError, ValueError, EOFError, OSError, pickle.UnpicklingError, TypeError) as e:
+        raise DataError(f"{path} is not a valid CIFAR-10 python archive ({type(e).__name__}: {e})") from None
+    return write_images(out, train, val, names)
+
+def read_idx(path):
+    """An IDX file (gzipped): magic 0x0000 0x08 (ubyte) ndim, then ndim big-endian int32 dims, then the data."""
+    try:
+        with gzip.open(path, 'rb') as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: not a gzip file ({e})") from None
+    if len(data) < 4 or data[:3] != b'\x00\x00\x08':
+        raise DataError(f"{path}: not an IDX file of unsigned bytes")
+    ndim = data[3]
+    dims = np.frombuffer(data, dtype='>i4', count=ndim, offset=4).tolist() if len(data) >= 4 + 4 * ndim else None
+    if dims is None or len(data) != 4 + 4 * ndim + int(np.prod(dims)):
+        raise DataError(f"{path}: truncated or malformed IDX file")
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+def prepare_fashion_mnist(out, args):
+    splits = [check_images(*(read_idx(local_or_fetch(f, args)) for f in FMNIST_FILES[split]), split, 10)
+              for split in ('train', 'val')]
+    return write_images(out, *splits, FMNIST_CLASSES)
+
+def prepare_npz(out, args):
+    if args.input is None:
+        raise DataError("npz needs --input FILE.npz")
+    keys = ('x_train', 'y_train', 'x_test', 'y_test')
+    try:
+        with np.load(args.input, allow_pickle=False) as d:
+            missing = [k for k in keys if k not in d.files]
+            if missing:
+                raise DataError(f"{args.input} lacks {', '.join(missing)} (needs {', '.join(keys)})")
+            a = {k: d[k] for k in keys + ('class_names',) if k in d.files}
+    except (OSError, ValueError, TypeError, zipfile.BadZipFile) as e:  # TypeError: a .npy, not an .npz
+        raise DataError(f"cannot read {args.input} as an .npz ({type(e).__name__}: {e})") from None
+    names = a.get('class_names')
+    if names is not None and (names.ndim != 1 or names.dtype.kind not in 'US'):
+        raise DataError(f"class_names must be a 1-D string array, got {names.dtype} {list(names.shape)}")
+    num_classes = len(names) if names is not None else None
+    train = check_images(a['x_train'], a['y_train'], 'train', num_classes)
+    val = check_images(a['x_test'], a['y_test'], 'test', num_classes)
+    if names is None:  # unnamed classes: 0..max label
+        names = [str(i) for i in range(int(max(train[1].max(), val[1].max())) + 1)]
+    return write_images(out, train, val, [str(n) for n in names])
+
+DATASETS = {'shakespeare_char': prepare_shakespeare_char, 'shakespeare': prepare_shakespeare, 'openwebtext': prepare_openwebtext,
+            'cifar10': prepare_cifar10, 'fashion_mnist': prepare_fashion_mnist, 'npz': prepare_npz}
+
+# ----------------------------------------------------------------------------------------
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Write data/NAME/ for train.py (format: see this file's docstring).")
+    p.add_argument('name', help=' | '.join(DATASETS))
+    p.add_argument('--out_dir', help="default: data/NAME (npz: data/<input file name>)")
+    p.add_argument('--input', help="local copy to use instead of downloading")
+    p.add_argument('--cache_dir', help="download cache, default: downloads/ next to out_dir")
+    p.add_argument('--num_proc', type=int, default=8, help="worker processes (openwebtext)")
+    args = p.parse_args(argv)
+    try:
+        if args.name not in DATASETS:
+            raise DataError(f"unknown dataset {args.name!r}; choose one of: {', '.join(DATASETS)}")
+        if args.input is not None and not os.path.exists(args.input):
+            raise DataError(f"--input: {args.input} not found")
+        stem = os.path.splitext(os.path.basename(args.input or ''))[0]
+        out_dir = args.out_dir or os.path.join('data', stem if args.name == 'npz' and stem else args.name)
+        args.cache_dir = args.cache_dir or os.path.join(os.path.dirname(os.path.abspath(out_dir)), 'downloads')
+        with atomic_dir(out_dir) as tmp:
+            meta = DATASETS[args.name](tmp, args)
+            with open(os.path.join(tmp, 'meta.json'), 'w', encoding='utf-8') as f:
+                json.dump(meta, f, indent=1)
+    except DataError as e:
+        sys.exit(f"prepare_data.py: error: {' '.join(str(e).split())}")  # always one line
+    if meta['kind'] == 'text':
+        print(f"{args.name}: {meta['tokenizer']} tokenizer, vocab_size {meta['vocab_size']:,}, "
+              f"train {meta['train_tokens']:,} tokens, val {meta['val_tokens']:,} tokens -> {out_dir}")
+    else:
+        fmt = lambda v: '[' + ', '.join(f'{x:.4f}' for x in v) + ']'
+        print(f"{args.name}: {meta['train_size']:,} train / {meta['val_size']:,} val images of "
+              f"{'x'.join(map(str, meta['shape']))}, {meta['num_classes']} classes, "
+              f"mean {fmt(meta['mean'])}, std {fmt(meta['std'])} -> {out_dir}")
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,298 @@
+"""
+Tests for prepare_data.py. Every input is written here into tmp_path; no network, no shared data.
+Run: python -m pytest -q test_prepare_data.py
+"""
+import gzip
+import hashlib
+import http.server
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import prepare_data as pd
+
+SCRIPT = Path(__file__).with_name('prepare_data.py')
+TEXT = "First Citizen:\nBefore we proceed — any further, hear me speak. Café, naïve!\n\n" * 30 + "Exeunt.\r\n"  # \r kept
+
+def run(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=120)
+
+def assert_clean_failure(r, out_dir):
+    assert r.returncode != 0
+    assert r.stderr.startswith('prepare_data.py: error: ') and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert 'Traceback' not in r.stderr
+    assert not out_dir.exists()
+    assert not list(out_dir.parent.glob(f'.{out_dir.name}.*')), "temporary directory left behind"
+
+def read_tokens(d, split):
+    return np.fromfile(d / f'{split}.bin', dtype=np.uint16)
+
+# ----------------------------------------------------------------------------------------
+# text
+
+def test_shakespeare_char_from_input(tmp_path):
+    src, out = tmp_path / 'input.txt', tmp_path / 'data' / 'sc'
+    src.write_text(TEXT, encoding='utf-8')
+    r = run('shakespeare_char', '--input', src, '--out_dir', out)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ['meta.json', 'train.bin', 'val.bin']
+    meta = pd.load_meta(out)
+    assert meta['kind'] == 'text' and meta['tokenizer'] == 'char'
+    assert meta['itos'] == sorted(set(TEXT)) and meta['vocab_size'] == len(set(TEXT))
+    n = int(0.9 * len(TEXT))
+    train, val = read_tokens(out, 'train'), read_tokens(out, 'val')
+    assert (meta['train_tokens'], meta['val_tokens']) == (len(train), len(val)) == (n, len(TEXT) - n)
+    encode, decode = pd.get_tokenizer(meta)
+    assert decode(train) + decode(val) == TEXT
+    assert encode('— é') == [meta['itos'].index(c) for c in '— é'] and decode(encode(TEXT)) == TEXT
+    assert f"vocab_size {len(set(TEXT))}" in r.stdout
+
+def test_char_encode_unknown_characters():
+    encode, decode = pd.get_tokenizer({'kind': 'text', 'tokenizer': 'char', 'itos': list('\n abc')})
+    assert decode(encode('abc a\n')) == 'abc a\n'
+    with pytest.raises(ValueError, match=r"characters not in the vocabulary: 'Z', '@'"):
+        encode('abZ@cZ')
+
+def test_load_meta_missing_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"python prepare_data\.py shakespeare_char --out_dir"):
+        pd.load_meta(tmp_path / 'shakespeare_char')
+
+def test_shakespeare_bpe(tmp_path):
+    tiktoken = pytest.importorskip('tiktoken')
+    try:  # online, or offline from $TIKTOKEN_CACHE_DIR, which tiktoken reads itself
+        enc = tiktoken.get_encoding('gpt2')
+    except Exception as e:
+        pytest.skip(f"tiktoken cannot load gpt2 here (offline, no TIKTOKEN_CACHE_DIR?): {type(e).__name__}")
+    src, out = tmp_path / 'input.txt', tmp_path / 'data' / 'shakespeare'
+    src.write_text(TEXT, encoding='utf-8')
+    r = run('shakespeare', '--input', src, '--out_dir', out)
+    assert r.returncode == 0, r.stderr
+    meta = pd.load_meta(out)
+    assert meta['tokenizer'] == 'gpt2' and meta['vocab_size'] == 50257 and 'itos' not in meta
+    n = int(0.9 * len(TEXT))
+    train, val = read_tokens(out, 'train'), read_tokens(out, 'val')
+    assert train.tolist() == enc.encode_ordinary(TEXT[:n]) and val.tolist() == enc.encode_ordinary(TEXT[n:])
+    assert (meta['train_tokens'], meta['val_tokens']) == (len(train), len(val))
+    encode, decode = pd.get_tokenizer(meta)
+    assert decode(train) + decode(val) == TEXT and encode('Café') == enc.encode_ordinary('Café')
+
+# ----------------------------------------------------------------------------------------
+# downloads: a local HTTP server stands in for the real URL
+
+@contextmanager
+def serve(body):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f'http://127.0.0.1:{srv.server_port}/input.txt'
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    for var in ('http_proxy', 'HTTP_PROXY', 'all_proxy', 'ALL_PROXY'):
+        monkeypatch.delenv(var, raising=False)
+
+def test_download_then_cache(tmp_path, monkeypatch, no_proxy, capsys):
+    pytest.importorskip('requests')
+    body = TEXT.encode()
+    cache = tmp_path / 'cache'
+    with serve(body) as url:
+        monkeypatch.setitem(pd.DOWNLOADS, 'tinyshakespeare.txt', (url, hashlib.md5(body).hexdigest()))
+        pd.main(['shakespeare_char', '--out_dir', str(tmp_path / 'a'), '--cache_dir', str(cache)])
+    assert os.listdir(cache) == ['tinyshakespeare.txt'] and (cache / 'tinyshakespeare.txt').read_bytes() == body
+    # the server is gone now: a second run must work from the cache alone
+    pd.main(['shakespeare_char', '--out_dir', str(tmp_path / 'b'), '--cache_dir', str(cache)])
+    assert 'using cached' in capsys.readouterr().out
+    assert (tmp_path / 'a' / 'train.bin').read_bytes() == (tmp_path / 'b' / 'train.bin').read_bytes()
+    # and without the cache the dead URL fails in one line, leaving nothing behind
+    with pytest.raises(SystemExit, match=r'^prepare_data\.py: error: download of .* failed') as e:
+        pd.main(['shakespeare_char', '--out_dir', str(tmp_path / 'c'), '--cache_dir', str(tmp_path / 'cache2')])
+    assert '\n' not in str(e.value.code) and not (tmp_path / 'c').exists()
+
+def test_checksum_mismatch(tmp_path, monkeypatch, no_proxy):
+    pytest.importorskip('requests')
+    out, cache = tmp_path / 'data' / 'sc', tmp_path / 'data' / 'downloads'  # default cache: next to out_dir
+    with serve(b'not what we expected') as url:
+        monkeypatch.setitem(pd.DOWNLOADS, 'tinyshakespeare.txt', (url, hashlib.md5(TEXT.encode()).hexdigest()))
+        with pytest.raises(SystemExit, match=r'^prepare_data\.py: error: checksum mismatch') as e:
+            pd.main(['shakespeare_char', '--out_dir', str(out)])
+    assert '\n' not in str(e.value.code)
+    assert not out.exists() and os.listdir(cache) == []  # no dataset and no (partial) download
+    assert os.listdir(out.parent) == ['downloads']
+
+# ----------------------------------------------------------------------------------------
+# CIFAR-10: a tiny archive in the real layout
+
+CIFAR_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
+
+def write_cifar(path, batches):
+    """batches: member name -> object, pickled like the real files (protocol 3 writes bytes as bytes, as py2 did)."""
+    with tarfile.open(path, 'w:gz') as tar:
+        for name, obj in batches.items():
+            data = obj if isinstance(obj, bytes) else pickle.dumps(obj, protocol=3)
+            info = tarfile.TarInfo(f'cifar-10-batches-py/{name}')
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+def cifar_batches(rng, sizes):
+    out = {}
+    for name, n in sizes.items():
+        rows = rng.integers(0, 256, (n, 3072), dtype=np.uint8)  # each row: R plane, G plane, B plane, row-major
+        labels = [int(v) for v in rng.integers(0, 10, n)]
+        out[name] = {b'batch_label': name.encode(), b'labels': labels, b'data': rows,
+                     b'filenames': [f'{name}_{i}.png'.encode() for i in range(n)]}
+    out['batches.meta'] = {b'label_names': [c.encode() for c in CIFAR_CLASSES], b'num_cases_per_batch': 2, b'num_vis': 3072}
+    return out
+
+def test_cifar10_parser(tmp_path):
+    rng = np.random.default_rng(0)
+    batches = cifar_batches(rng, {**{f'data_batch_{i}': 2 for i in range(1, 6)}, 'test_batch': 3})
+    rows = batches['data_batch_1'][b'data']
+    rows[0, [0 * 1024 + 5 * 32 + 7, 1 * 1024 + 5 * 32 + 7, 2 * 1024 + 5 * 32 + 7]] = [201, 102, 53]  # pixel (h=5, w=7)
+    arc, out = tmp_path / 'cifar.tar.gz', tmp_path / 'data' / 'cifar10'
+    write_cifar(arc, batches)
+    r = run('cifar10', '--input', arc, '--out_dir', out)
+    assert r.returncode == 0, r.stderr
+    meta = pd.load_meta(out)
+    x, y = pd.load_images(out, 'train')
+    xv, yv = pd.load_images(out, 'val')
+    assert x.shape == (10, 32, 32, 3) and xv.shape == (3, 32, 32, 3) and x.dtype == np.uint8
+    assert y.dtype == np.int64 and yv.dtype == np.int64
+    assert x[0, 5, 7].tolist() == [201, 102, 53]
+    assert y.tolist() == sum((batches[f'data_batch_{i}'][b'labels'] for i in range(1, 6)), [])
+    assert yv.tolist() == batches['test_batch'][b'labels']
+    assert meta['class_names'] == CIFAR_CLASSES and meta['num_classes'] == 10 and meta['shape'] == [32, 32, 3]
+    assert (meta['train_size'], meta['val_size']) == (10, 3)
+    np.testing.assert_allclose(meta['mean'], (x / 255).mean(axis=(0, 1, 2)), rtol=1e-9)
+    np.testing.assert_allclose(meta['std'], (x / 255).std(axis=(0, 1, 2)), rtol=1e-9)
+
+def test_cifar10_old_numpy_pickles_load():
+    # the real files name numpy.core.multiarray (numpy < 2), current numpy writes numpy._core
+    data = pickle.dumps({b'data': np.arange(6, dtype=np.uint8)}, protocol=3).replace(b'numpy._core.', b'numpy.core.')
+    assert b'numpy.core.multiarray' in data
+    assert pd.safe_unpickle(data)[b'data'].tolist() == list(range(6))
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+def test_cifar10_malicious_pickle_refused(tmp_path):
+    marker = tmp_path / 'pwned'
+    with pytest.raises(pickle.UnpicklingError, match='refusing'):
+        pd.safe_unpickle(pickle.dumps(Evil(marker)))
+    assert not marker.exists()
+    batches = cifar_batches(np.random.default_rng(0), {**{f'data_batch_{i}': 1 for i in range(1, 6)}, 'test_batch': 1})
+    batches['data_batch_1'] = pickle.dumps({b'data': Evil(marker), b'labels': [0]}, protocol=3)
+    arc, out = tmp_path / 'cifar.tar.gz', tmp_path / 'data' / 'cifar10'
+    write_cifar(arc, batches)
+    r = run('cifar10', '--input', arc, '--out_dir', out)
+    assert_clean_failure(r, out)
+    assert 'refusing to load' in r.stderr and not marker.exists()
+
+# ----------------------------------------------------------------------------------------
+# Fashion-MNIST: tiny IDX files
+
+def write_idx_gz(path, arr):
+    header = bytes([0, 0, 8, arr.ndim]) + np.array(arr.shape, dtype='>i4').tobytes()
+    with gzip.open(path, 'wb') as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+def test_fashion_mnist_idx(tmp_path):
+    rng = np.random.default_rng(1)
+    src, out = tmp_path / 'fmnist', tmp_path / 'data' / 'fashion_mnist'
+    src.mkdir()
+    xs = {'train': rng.integers(0, 256, (4, 5, 3), dtype=np.uint8), 'val': rng.integers(0, 256, (2, 5, 3), dtype=np.uint8)}
+    ys = {'train': np.array([9, 0, 3, 9]), 'val': np.array([1, 7])}
+    for split, (fx, fy) in pd.FMNIST_FILES.items():
+        write_idx_gz(src / fx, xs[split])
+        write_idx_gz(src / fy, ys[split])
+    r = run('fashion_mnist', '--input', src, '--out_dir', out)
+    assert r.returncode == 0, r.stderr
+    meta = pd.load_meta(out)
+    assert meta['shape'] == [5, 3, 1] and meta['num_classes'] == 10 and meta['class_names'][9] == 'Ankle boot'
+    for split in ('train', 'val'):
+        x, y = pd.load_images(out, split)
+        assert x.shape == xs[split].shape + (1,) and (x[..., 0] == xs[split]).all()
+        assert y.dtype == np.int64 and y.tolist() == ys[split].tolist()
+    np.testing.assert_allclose(meta['mean'], [xs['train'].mean() / 255])
+    # a truncated file fails in one line
+    (src / pd.FMNIST_FILES['val'][0]).write_bytes(gzip.compress(b'\x00\x00\x08\x03' + np.array([2, 5, 3], '>i4').tobytes() + b'x'))
+    assert_clean_failure(run('fashion_mnist', '--input', src, '--out_dir', tmp_path / 'data' / 'fm2'), tmp_path / 'data' / 'fm2')
+
+# ----------------------------------------------------------------------------------------
+# npz import and clean failures
+
+@pytest.mark.parametrize('channels', [None, 3])
+def test_npz_import(tmp_path, channels):
+    rng = np.random.default_rng(2)
+    shape = (6, 4) if channels is None else (6, 4, channels)
+    a = dict(x_train=rng.integers(0, 256, (5, *shape), dtype=np.uint8), y_train=np.array([0, 1, 2, 1, 0], dtype=np.uint8),
+             x_test=rng.integers(0, 256, (2, *shape), dtype=np.uint8), y_test=np.array([2, 2]))
+    if channels:
+        a['class_names'] = np.array(['cat', 'dog', 'frog'])
+    src = tmp_path / 'mine.npz'
+    np.savez_compressed(src, **a)
+    out = tmp_path / 'data' / 'mine'
+    r = run('npz', '--input', src, '--out_dir', out)
+    assert r.returncode == 0, r.stderr
+    meta = pd.load_meta(out)
+    assert meta['shape'] == [6, 4, channels or 1] and meta['num_classes'] == 3
+    assert meta['class_names'] == (['cat', 'dog', 'frog'] if channels else ['0', '1', '2'])
+    x, y = pd.load_images(out, 'train')
+    assert x.shape == (5, 6, 4, channels or 1) and (x.reshape(a['x_train'].shape) == a['x_train']).all()
+    assert y.dtype == np.int64 and y.tolist() == a['y_train'].tolist()
+    assert len(meta['mean']) == len(meta['std']) == (channels or 1)
+    # a failing re-run keeps the old dataset intact
+    bad = tmp_path / 'bad.npz'
+    np.savez(bad, x_train=a['x_train'])
+    assert_clean_failure(run('npz', '--input', bad, '--out_dir', tmp_path / 'data' / 'other'), tmp_path / 'data' / 'other')
+    assert run('npz', '--input', bad, '--out_dir', out).returncode != 0 and pd.load_meta(out) == meta
+    assert sorted(os.listdir(tmp_path / 'data')) == ['mine']
+
+def _malformed(tmp_path, kind):
+    x, y = np.zeros((3, 4, 4), np.uint8), np.array([0, 1, 1])
+    arrays = dict(x_train=x, y_train=y, x_test=x, y_test=y)
+    if kind == 'missing_key':
+        del arrays['y_test']
+    elif kind == 'wrong_dtype':
+        arrays['x_train'] = x.astype(np.float32)
+    elif kind == 'label_range':
+        arrays['class_names'] = np.array(['a'])
+    elif kind == 'length_mismatch':
+        arrays['y_train'] = y[:2]
+    path = tmp_path / f'{kind}.npz'
+    if kind == 'not_npz':
+        path.write_text('hello')
+    else:
+        np.savez(path, **arrays)
+    return ['npz', '--input', path]
+
+@pytest.mark.parametrize('kind', ['missing_key', 'wrong_dtype', 'label_range', 'length_mismatch', 'not_npz', 'unknown_name', 'no_input'])
+def test_clean_failure(tmp_path, kind):
+    out = tmp_path / 'data' / 'ds'
+    args = {'unknown_name': ['imagenet_please'], 'no_input': ['npz']}.get(kind) or _malformed(tmp_path, kind)
+    r = run(*args, '--out_dir', out)
+    assert_clean_failure(r, out)
+    if kind == 'unknown_name':
+        assert 'unknown dataset' in r.stderr and 'shakespeare_char' in r.stderr
