@@ -234,9 +234,10 @@ class Transformer(nn.Module):
 
     def estimate_mfu(self, samples_per_iter, dt):
         """Model FLOPs utilization against the device's bf16 peak; None where the peak is unknown."""
-        if not torch.cuda.is_available():
+        device = next(self.parameters()).device
+        if device.type != 'cuda':
             return None
-        name = torch.cuda.get_device_name()
+        name = torch.cuda.get_device_name(device)
         peak = next((flops for key, flops in PEAK_FLOPS if key in name), None)
         return None if peak is None else self.flops_per_sample() * samples_per_iter / dt / peak
 

@@ -1,0 +1,230 @@
+"""
+Speed, memory and MFU of one training step (forward, backward, optimizer step) on random data,
+for one config or two side by side: DNT vs the standard model, mSGDW vs AdamW, compiled or not.
+$ python bench.py config/dnt_gpt2.py
+$ python bench.py config/dnt_gpt2.py --compare="optimizer=adamw,msgdw"
+$ python bench.py config/gpt2.py --compare="preset=standard,dnt;optimizer=adamw,msgdw"
+$ python bench.py --model=vit --profile=True --trace=trace.json
+A step is one micro-batch: gradient_accumulation_steps is ignored. A training iteration of
+train.py costs about accumulation x (step - optimizer) + optimizer.
+"""
+import resource
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import fields
+
+import torch
+
+from configurator import configure
+from model import GPT, GPTConfig, ViT, ViTConfig
+
+# ----------------------------------------------------------------------------------------
+# default config: train.py's keys and defaults for the model, optimizer and system
+model = 'gpt'  # 'gpt' (random token ids) or 'vit' (random images): no dataset, so train.py's image configs need --model=vit
+batch_size = 12
+block_size = 1024
+vocab_size = 50304  # train.py's 0 ("the dataset's") has no dataset here: give the number
+image_size = 32  # ViT: train.py takes these three from the dataset
+in_chans = 3
+num_classes = 10
+preset = 'dnt'
+norm = 'layernorm'
+input_norm = None
+mlp_prenorm = None
+qk_norm = None
+mid_norm = None
+final_norm = True
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0
+bias = False
+patch_size = 4
+pool = 'cls'
+optimizer = 'msgdw'
+learning_rate = 1.0
+weight_decay = 1e-4
+momentum = 0.9
+nesterov = False
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+# benchmark
+warmup = 5  # untimed steps per variant: compilation, allocator, optimizer state
+iters = 20  # timed steps per variant
+compare = ''  # 'KEY=A,B': variants A and B, timed interleaved; more keys: 'K1=A,B;K2=C,D'
+profile = False  # torch.profiler table over `iters` steps of the config (no compare)
+trace = ''  # with profile: write a chrome trace to this path
+device = 'cuda' if torch.cuda.is_available() else 'cpu'
+dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
+compile = True
+seed = 1337
+# train.py's other keys (I/O, data, schedule, logs): accepted so that its config files work here,
+# and unused. None takes a value of any type. test_bench.py keeps this list in step with train.py.
+out_dir = eval_interval = log_interval = eval_iters = eval_only = always_save_checkpoint = None
+init_from = wandb_log = wandb_project = wandb_run_name = dataset = data_dir = None
+gradient_accumulation_steps = augment = crop_padding = label_smoothing = None
+max_iters = decay_lr = warmup_iters = lr_decay_iters = min_lr = grad_stats_interval = None
+# ----------------------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
+globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:]))
+config = {k: globals()[k] for k in config_keys}
+# ----------------------------------------------------------------------------------------
+
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+if warmup < 1 or iters < 2:
+    sys.exit("bench.py: need warmup >= 1 (it creates the optimizer state) and iters >= 2")
+if trace and not profile:
+    sys.exit("bench.py: trace is written by the profiler: add --profile=True")
+if profile and compare:
+    sys.exit("bench.py: profile runs one variant: drop compare")
+
+
+class Variant:
+    """A config's model, optimizer and fixed random batch; step() is train.py's step on it."""
+
+    def __init__(self, cfg):
+        self.cfg, self.device = cfg, cfg['device']
+        self.cuda = self.device.startswith('cuda')
+        device_type = 'cuda' if self.cuda else 'cpu'
+        if self.cuda:  # this variant's peak memory: the allocator's high-water mark above what is there now
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.memory_before = torch.cuda.memory_allocated(self.device)
+        torch.manual_seed(cfg['seed'])  # variants of one architecture get the same weights and data
+        B = cfg['batch_size']
+        if cfg['model'] == 'gpt':
+            if cfg['vocab_size'] < 1:
+                sys.exit("bench.py: give vocab_size: train.py's 0 takes the dataset's, and there is none here")
+            ModelConfig, Model = GPTConfig, GPT
+            self.x = torch.randint(cfg['vocab_size'], (B, cfg['block_size']))
+            self.y = torch.randint(cfg['vocab_size'], (B, cfg['block_size']))
+            self.samples, self.unit = B * cfg['block_size'], 'tok'
+        elif cfg['model'] == 'vit':
+            ModelConfig, Model = ViTConfig, ViT
+            self.x = torch.randn(B, cfg['in_chans'], cfg['image_size'], cfg['image_size'])
+            self.y = torch.randint(cfg['num_classes'], (B,))
+            self.samples, self.unit = B, 'img'
+        else:
+            sys.exit(f"bench.py: unknown model {cfg['model']!r}; choose 'gpt' or 'vit'")
+        self.x, self.y = self.x.to(self.device), self.y.to(self.device)
+        try:
+            field_names = {f.name for f in fields(ModelConfig)}
+            self.raw_model = Model(ModelConfig(**{k: v for k, v in cfg.items() if k in field_names})).to(self.device)
+            self.opt = self.raw_model.configure_optimizers(cfg['optimizer'], cfg['learning_rate'], cfg['weight_decay'],
+                                                           (cfg['beta1'], cfg['beta2']), cfg['momentum'], cfg['nesterov'], device_type)
+        except ValueError as e:
+            sys.exit(f"bench.py: {e}")
+        self.model = torch.compile(self.raw_model) if cfg['compile'] else self.raw_model
+        ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg['dtype']]
+        self.ctx = nullcontext() if cfg['dtype'] == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+        self.scaler = torch.amp.GradScaler(device_type, enabled=(cfg['dtype'] == 'float16'))
+        self.step_ms, self.opt_ms = [], []
+
+    def mark(self):
+        # CUDA: an event on the stream, so that timing the optimizer needs no sync in mid-step
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def ms(self, start, end):
+        return start.elapsed_time(end) if self.cuda else (end - start) * 1000
+
+    def step(self):
+        """train.py's step on one micro-batch; appends its time and its optimizer step's to step_ms, opt_ms."""
+        t0 = self.mark()
+        with self.ctx:
+            _, loss = self.model(self.x, self.y)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        if self.cfg['grad_clip'] != 0.0:
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg['grad_clip'])
+        t1 = self.mark()
+        self.scaler.step(self.opt)
+        t2 = self.mark()
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        t3 = self.mark()
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        self.step_ms.append(self.ms(t0, t3))
+        self.opt_ms.append(self.ms(t1, t2))
+
+    def warm_up(self):
+        for _ in range(self.cfg['warmup']):
+            self.step()
+        self.step_ms, self.opt_ms = [], []
+        self.peak_mib = (torch.cuda.max_memory_allocated(self.device) - self.memory_before) / 2**20 if self.cuda else None
+        self.state_bytes = sum(t.numel() * t.element_size() for s in self.opt.state.values() for t in s.values() if torch.is_tensor(t))
+
+
+# the variants: the config, or the config with each compared key set to its A value, and to its B value;
+# built and warmed up one after the other, so that each one's CUDA peak memory is its own
+if compare:
+    parts = [part.partition('=') for part in compare.split(';')]
+    if any(not sep or values.count(',') != 1 for _, sep, values in parts):
+        sys.exit(f"bench.py: compare wants 'KEY=A,B' or 'K1=A,B;K2=C,D', got {compare!r}")
+    names = ['A', 'B']
+    settings = [[f"{key.strip()}={values.split(',')[i].strip()}" for key, _, values in parts] for i in (0, 1)]
+    configs = [configure(config, ['--' + s for s in setting]) for setting in settings]
+else:
+    names, settings, configs = ['bench'], [[]], [config]
+variants = []
+for name, setting, cfg in zip(names, settings, configs):
+    v = Variant(cfg)
+    print(f"{name}{' (' + ' '.join(setting) + ')' if setting else ''}: {cfg['model']} preset={cfg['preset']} "
+          f"optimizer={cfg['optimizer']} {cfg['n_layer']}x{cfg['n_embd']}, {v.samples} {v.unit} per step, "
+          f"{cfg['dtype']} on {cfg['device']}, compile={cfg['compile']}", flush=True)
+    v.warm_up()
+    variants.append(v)
+
+if profile:
+    v = variants[0]
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if v.cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(iters):
+            v.step()
+    print(prof.key_averages().table(sort_by='self_device_time_total' if v.cuda else 'self_cpu_time_total', row_limit=20))
+    if trace:
+        prof.export_chrome_trace(trace)
+        print(f"chrome trace written to {trace}")
+    sys.exit(0)
+
+for _ in range(iters):  # interleaved, so that drifts of clock and temperature fall on both alike
+    for v in variants:
+        v.step()
+
+
+def mfu(v):
+    return None if not v.cuda else v.raw_model.estimate_mfu(v.cfg['batch_size'], statistics.median(v.step_ms) / 1000)
+
+
+def iqr(times):
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    return f"{q1:.3f}-{q3:.3f}"
+
+
+rows = [  # label, a value per variant (None: not known), format; a ratio B/A for numbers
+    ('parameters', [v.raw_model.get_num_params(non_embedding=False) for v in variants], '{:,}'),
+    ('step ms median', [statistics.median(v.step_ms) for v in variants], '{:.3f}'),
+    ('step ms min', [min(v.step_ms) for v in variants], '{:.3f}'),
+    ('step ms IQR', [iqr(v.step_ms) for v in variants], '{}'),
+    ('optimizer ms median', [statistics.median(v.opt_ms) for v in variants], '{:.3f}'),
+    ('optimizer ms min', [min(v.opt_ms) for v in variants], '{:.3f}'),
+    (f'{variants[0].unit}/s', [v.samples / statistics.median(v.step_ms) * 1000 for v in variants], '{:,.0f}'),
+    ('MFU %', [None if mfu(v) is None else 100 * mfu(v) for v in variants], '{:.2f}'),
+    ('peak memory MiB', [v.peak_mib for v in variants], '{:,.1f}'),
+    ('optimizer state bytes', [v.state_bytes for v in variants], '{:,}'),
+]
+print(f"{iters} timed steps each" + (", interleaved A, B, A, B, ..." if compare else ""))
+print(f"{'':<22}" + ''.join(f"{name:>16}" for name in names) + (f"{'B/A':>10}" if compare else ""))
+for label, values, fmt in rows:
+    cells = ''.join(f"{'n/a' if x is None else fmt.format(x):>16}" for x in values)
+    ratio = compare and all(isinstance(x, (int, float)) for x in values) and values[0] != 0
+    print(f"{label:<22}{cells}" + (f"{values[1] / values[0]:>10.4f}" if ratio else ""))
+print("peak memory: each variant's own, from the CUDA allocator; process peak RSS "
+      f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:,.1f} MiB (ru_maxrss: every variant together)")

@@ -1,0 +1,17 @@
+# DNT on Tiny Shakespeare, character level, trained with mSGDW: small enough for a laptop CPU.
+# python prepare_data.py shakespeare_char && python train.py config/dnt_shakespeare_char.py
+out_dir = 'out/dnt_shakespeare_char'
+dataset = 'shakespeare_char'
+eval_interval, eval_iters, log_interval = 250, 50, 10
+preset = 'dnt'
+n_layer, n_head, n_embd = 4, 4, 128
+batch_size, block_size, gradient_accumulation_steps = 32, 128, 1
+max_iters = lr_decay_iters = 2000
+warmup_iters = 100
+optimizer = 'msgdw'
+learning_rate, min_lr = 1.0, 0.1
+momentum = 0.9
+weight_decay = 1e-3
+grad_clip = 1.0
+device = 'cpu'  # remove on a GPU
+compile = False  # compiling takes longer than this run saves on a CPU

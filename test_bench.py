@@ -1,0 +1,85 @@
+"""Tests for bench.py: it runs as a subprocess on tiny models on the CPU, and its table parses."""
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import model as M
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, batch_size=2)
+FAST = ['--warmup=1', '--iters=3', '--compile=False', '--device=cpu', '--dtype=float32']
+
+
+def bench(*args):
+    """bench.py's stdout; one thread, as these CPUs are shared and the tensors tiny."""
+    tiny = [f'--{k}={v}' for k, v in TINY.items()]
+    result = subprocess.run([sys.executable, 'bench.py', *args, *tiny, *FAST], cwd=HERE, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def table(out):
+    """{row label: [cells]}; cells are split by two or more spaces, numbers lose their commas."""
+    rows = {}
+    for line in out.splitlines():
+        label, *cells = re.split(r' {2,}', line.rstrip())  # the header's label is ''
+        rows[label] = [float(c.replace(',', '')) if re.fullmatch(r'[\d,.]+', c) else c for c in cells]
+    return rows
+
+
+def config_keys(path):
+    """A script's config keys: module-level names assigned before `config_keys = ...`, with their value's source."""
+    keys = {}
+    for node in ast.parse(open(os.path.join(HERE, path)).read()).body:
+        if isinstance(node, ast.Assign):
+            names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            if 'config_keys' in names:
+                return keys
+            keys.update((name, ast.unparse(node.value)) for name in names)
+    raise AssertionError(f"{path} has no config_keys line")
+
+
+def test_accepts_every_train_key_with_train_defaults():
+    train, bench_ = config_keys('train.py'), config_keys('bench.py')
+    assert not set(train) - set(bench_), "train.py keys missing from bench.py's list of unused keys"
+    differ = {k for k in train if bench_[k] not in (train[k], 'None')}
+    assert differ == {'vocab_size'}  # 0, "the dataset's", has no dataset in bench.py
+
+
+def test_compare_optimizers_from_a_train_config():
+    rows = table(bench('config/dnt_gpt2.py', '--compare=optimizer=adamw,msgdw'))
+    assert rows[''] == ['A', 'B', 'B/A']
+    for label in ('step ms median', 'step ms min', 'optimizer ms median', 'tok/s'):
+        a, b, ratio = rows[label]
+        assert a > 0 and b > 0 and ratio == pytest.approx(b / a, rel=0.02), label  # of the unrounded values
+    assert re.fullmatch(r'[\d.]+-[\d.]+', rows['step ms IQR'][0])
+    assert rows['MFU %'] == rows['peak memory MiB'] == ['n/a', 'n/a']  # CPU
+    (params, params_b, _), (adamw, msgdw, ratio) = rows['parameters'], rows['optimizer state bytes']
+    assert params == params_b
+    assert msgdw == 4 * params  # one float32 momentum per parameter
+    # AdamW: two float32 moments per parameter, and a float32 step count per parameter tensor
+    tensors = len(list(M.GPT(M.GPTConfig(preset='dnt', **{k: v for k, v in TINY.items() if k != 'batch_size'})).parameters()))
+    assert adamw == 2 * msgdw + 4 * tensors
+    assert ratio == round(msgdw / adamw, 4)
+
+
+def test_vit():
+    out = bench('--model=vit', '--image_size=8', '--patch_size=4', '--num_classes=10', '--optimizer=adamw')
+    rows = table(out)
+    assert out.startswith('bench: vit preset=dnt optimizer=adamw 1x32, 2 img per step')
+    assert rows['step ms median'][0] > 0 and rows['img/s'][0] > 0
+    assert len(rows['step ms median']) == 1  # one variant: no ratio
+
+
+def test_profile_writes_a_chrome_trace(tmp_path):
+    trace = tmp_path / 'trace.json'
+    out = bench('--profile=True', f'--trace={trace}')
+    assert 'Self CPU' in out and f'chrome trace written to {trace}' in out
+    assert json.loads(trace.read_text())['traceEvents']
+
