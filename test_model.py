@@ -1,0 +1,594 @@
+"""Tests for model.py: DNT-GPT / DNT-ViT, the norm switches and presets, mSGDW, generate.
+
+Everything runs on tiny models on the CPU in a few seconds; the GPT-2 124M checks build
+their models on the meta device (shapes only, no memory, no init cost).
+"""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import model as M
+
+L, H, C = 2, 2, 32  # tiny trunk: layers, heads, width
+GPT_TINY = dict(n_layer=L, n_head=H, n_embd=C, block_size=16, vocab_size=50)
+VIT_TINY = dict(n_layer=L, n_head=H, n_embd=C, image_size=8, patch_size=4, num_classes=10)
+KINDS = ('gpt', 'vit-cls', 'vit-mean')
+PRESETS = sorted(M.PRESETS)
+NORM_CLASS = {'layernorm': nn.LayerNorm, 'rmsnorm': nn.RMSNorm}
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Tiny tensors: more threads only add overhead (and these CPUs are shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(kind, seed=0, **kw):
+    torch.manual_seed(seed)
+    if kind == 'gpt':
+        return M.GPT(M.GPTConfig(**{**GPT_TINY, **kw}))
+    return M.ViT(M.ViTConfig(**{**VIT_TINY, 'pool': kind.split('-')[1], **kw}))
+
+
+def batch(model, b=2, seed=1):
+    """(inputs, targets) for a model; GPT sequences fill the whole block so every wpe row is used."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    if isinstance(model, M.GPT):
+        idx = torch.randint(0, cfg.vocab_size, (b, cfg.block_size + 1), generator=g)
+        return idx[:, :-1].contiguous(), idx[:, 1:].contiguous()  # as a data loader gives them
+    dtype = next(model.parameters()).dtype
+    img = torch.randn(b, cfg.in_chans, cfg.image_size, cfg.image_size, generator=g).to(dtype)
+    return img, torch.randint(0, cfg.num_classes, (b,), generator=g)
+
+
+def outputs(model, x, y):
+    """(logits, output of the last block); GPT logits for every position (targets given)."""
+    seen = []
+    handle = model.transformer.h[-1].register_forward_hook(lambda mod, inp, out: seen.append(out))
+    try:
+        logits, _ = model(x, y)
+    finally:
+        handle.remove()
+    return logits, seen[0]
+
+
+def norm_count(model):
+    return sum(isinstance(m, (nn.LayerNorm, nn.RMSNorm)) for m in model.modules())
+
+
+def rel_diff(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+# ----------------------------------------------------------------------------------------
+# forward / backward everywhere
+
+@pytest.mark.parametrize('bias', [False, True])
+@pytest.mark.parametrize('norm', M.NORMS)
+@pytest.mark.parametrize('preset', PRESETS)
+@pytest.mark.parametrize('kind', KINDS)
+def test_forward_backward_all_params_train(kind, preset, norm, bias):
+    model = make(kind, preset=preset, norm=norm, bias=bias)
+    x, y = batch(model)
+    logits, loss = model(x, y)
+    n_out = model.config.vocab_size if kind == 'gpt' else model.config.num_classes
+    assert logits.shape == ((2, GPT_TINY['block_size'], n_out) if kind == 'gpt' else (2, n_out))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert abs(loss.item() - math.log(n_out)) < 0.5  # small init: close to uniform predictions
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f'{name} gets no gradient'
+        assert torch.isfinite(p.grad).all(), f'{name} has a non-finite gradient'
+        assert p.grad.abs().sum() > 0, f'{name} has an all-zero gradient'
+    # inference: no loss; GPT returns only the last position's logits
+    with torch.no_grad():
+        logits_inf, loss_inf = model(x)
+    assert loss_inf is None
+    expected = logits[:, [-1], :] if kind == 'gpt' else logits
+    torch.testing.assert_close(logits_inf, expected.detach())
+
+
+def reference_attention(attn, x, causal):
+    """nanoGPT's attention written out: split q, k, v by columns, heads, explicit mask and softmax."""
+    B, T, Cx = x.shape
+    q, k, v = attn.c_attn(x).split(Cx, dim=2)
+    q, k, v = (t.view(B, T, attn.n_head, Cx // attn.n_head) for t in (q, k, v))
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    att = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    if causal:
+        att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).tril().logical_not(), float('-inf'))
+    y = (att.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, T, Cx)
+    return attn.c_proj(y)
+
+
+def reference_forward(model, x):
+    """The DNT data flow of the module docstring / paper, written out from the model's own modules."""
+    tr, gpt = model.transformer, isinstance(model, M.GPT)
+    if gpt:
+        h = tr.wte(x) + tr.wpe(torch.arange(x.size(1)))
+    else:
+        h = tr.patch(x).flatten(2).transpose(1, 2)
+        if model.config.pool == 'cls':
+            h = torch.cat([model.cls_token.expand(h.size(0), 1, -1), h], dim=1)
+        h = h + tr.wpe.weight
+    h = tr.ln_in(h)
+    for blk in tr.h:
+        h = h + blk.ln_mid_1(reference_attention(blk.attn, blk.ln_1(h), causal=gpt))
+        h = h + blk.ln_mid_2(blk.mlp.c_proj(F.gelu(blk.mlp.c_fc(blk.ln_2(h)))))
+    h = tr.ln_f(h)
+    if gpt:
+        return model.lm_head(h)
+    return model.head(h[:, 0] if model.config.pool == 'cls' else h.mean(dim=1))
+
+
+@pytest.mark.parametrize('norm', M.NORMS)
+@pytest.mark.parametrize('preset', PRESETS)
+@pytest.mark.parametrize('kind', KINDS)
+def test_matches_reference_forward(kind, preset, norm):
+    model = make(kind, preset=preset, norm=norm, bias=True).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():  # non-trivial norm gains and biases too
+            p.add_(0.05 * torch.randn_like(p))
+        x, y = batch(model)
+        logits, _ = model(x, y)
+        torch.testing.assert_close(logits, reference_forward(model, x), rtol=1e-10, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------
+# GPT-2 small: nanoGPT's parameter counts and state_dict
+
+def nanogpt_state_shapes(n_layer, n_embd, block_size, vocab_size, bias):
+    """nanoGPT's GPT state_dict keys (in order) and shapes; flash-attention version, no mask buffer."""
+    Cn, shapes = n_embd, {'transformer.wte.weight': (vocab_size, n_embd), 'transformer.wpe.weight': (block_size, n_embd)}
+
+    def linear(name, n_out, n_in):
+        shapes[f'{name}.weight'] = (n_out, n_in)
+        if bias:
+            shapes[f'{name}.bias'] = (n_out,)
+
+    def layernorm(name):
+        shapes[f'{name}.weight'] = (Cn,)
+        if bias:
+            shapes[f'{name}.bias'] = (Cn,)
+
+    for i in range(n_layer):
+        p = f'transformer.h.{i}.'
+        layernorm(p + 'ln_1')
+        linear(p + 'attn.c_attn', 3 * Cn, Cn)
+        linear(p + 'attn.c_proj', Cn, Cn)
+        layernorm(p + 'ln_2')
+        linear(p + 'mlp.c_fc', 4 * Cn, Cn)
+        linear(p + 'mlp.c_proj', Cn, 4 * Cn)
+    layernorm('transformer.ln_f')
+    shapes['lm_head.weight'] = (vocab_size, Cn)
+    return shapes
+
+
+def assert_nanogpt_state_dict(model):
+    cfg = model.config
+    expected = nanogpt_state_shapes(cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.vocab_size, cfg.bias)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert list(got) == list(expected)
+    assert got == expected
+
+
+@pytest.mark.parametrize('vocab_size, bias, n_params', [(50257, True, 124_439_808), (50304, False, 124_373_760)])
+def test_gpt2_small_matches_nanogpt(vocab_size, bias, n_params):
+    with torch.device('meta'):
+        model = M.GPT(M.GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024,
+                                  vocab_size=vocab_size, bias=bias, preset='standard'))
+    assert model.get_num_params(non_embedding=False) == n_params
+    assert model.get_num_params() == n_params - 1024 * 768  # wpe left out by default
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert_nanogpt_state_dict(model)
+
+
+@pytest.mark.parametrize('bias', [False, True])
+def test_standard_tiny_state_dict_is_nanogpts(bias):
+    model = make('gpt', preset='standard', bias=bias)
+    assert_nanogpt_state_dict(model)
+    assert M.GPTConfig().preset == 'standard' and M.ViTConfig().preset == 'standard'
+
+
+# ----------------------------------------------------------------------------------------
+# causality
+
+@pytest.mark.parametrize('norm', M.NORMS)
+@pytest.mark.parametrize('preset', ['standard', 'dnt'])
+def test_gpt_is_causal(preset, norm):
+    model = make('gpt', preset=preset, norm=norm).eval()
+    idx, _ = batch(model)
+    T, V = idx.size(1), model.config.vocab_size
+    with torch.no_grad():
+        base, _ = model(idx, idx)
+        for t in range(1, T):
+            changed = idx.clone()
+            changed[:, t:] = (idx[:, t:] + 1 + torch.randint(0, V - 1, idx[:, t:].shape)) % V  # every token >= t differs
+            logits, _ = model(changed, changed)
+            torch.testing.assert_close(logits[:, :t], base[:, :t], rtol=0, atol=1e-6)
+            assert (logits[:, t] - base[:, t]).abs().max() > 1e-4  # and position t does see its own token
+
+
+@pytest.mark.parametrize('preset', ['standard', 'dnt'])
+@pytest.mark.parametrize('kind', ['vit-cls', 'vit-mean'])
+def test_vit_is_not_causal(kind, preset):
+    model = make(kind, preset=preset).eval()
+    img, y = batch(model)
+    changed = img.clone()
+    p = model.config.patch_size
+    changed[:, :, -p:, -p:] += 1.0  # the last patch only
+    with torch.no_grad():
+        logits0, h0 = outputs(model, img, y)
+        logits1, h1 = outputs(model, changed, y)
+    assert (logits1 - logits0).abs().max() > 1e-4
+    assert (h1[:, 0] - h0[:, 0]).abs().max() > 1e-4  # the first token (cls or first patch) sees the last patch
+
+
+# ----------------------------------------------------------------------------------------
+# the DNT property: a weight that feeds a norm can be scaled without changing the function
+
+def _scale(mod, s, rows=None):
+    sl = slice(None) if rows is None else slice(0, rows)
+    mod.weight[sl] *= s
+    if getattr(mod, 'bias', None) is not None:
+        mod.bias[sl] *= s
+
+
+def scale_qk(model, s):  # rows [0:C] are q, [C:2C] are k
+    for blk in model.transformer.h:
+        _scale(blk.attn.c_attn, s, rows=2 * blk.attn.c_attn.in_features)
+
+
+def scale_attn_proj(model, s):
+    for blk in model.transformer.h:
+        _scale(blk.attn.c_proj, s)
+
+
+def scale_mlp_proj(model, s):
+    for blk in model.transformer.h:
+        _scale(blk.mlp.c_proj, s)
+
+
+def scale_embedding(model, s):
+    tr = model.transformer
+    _scale(tr.wte if isinstance(model, M.GPT) else tr.patch, s)
+    tr.wpe.weight *= s
+    if getattr(model, 'cls_token', None) is not None:
+        model.cls_token *= s
+
+
+# scaling: the switch that makes the model invariant to it
+SCALINGS = {scale_qk: 'qk_norm', scale_attn_proj: 'mid_norm', scale_mlp_proj: 'mid_norm', scale_embedding: 'input_norm'}
+
+
+@pytest.mark.parametrize('norm', ['rmsnorm', 'layernorm-eps0'])
+@pytest.mark.parametrize('preset', PRESETS)
+@pytest.mark.parametrize('scaling', list(SCALINGS), ids=lambda f: f.__name__)
+@pytest.mark.parametrize('kind', KINDS)
+def test_scale_invariance(kind, scaling, preset, norm):
+    """In float64 the model is invariant exactly when the switch for that weight is on, else not.
+
+    RMSNorm keeps its own eps (float64 machine eps). LayerNorm's eps=1e-5 is comparable to the
+    variance of the tiny init activations, so there eps is set to 0 and biases are on (and scaled
+    with their weights): that isolates where the norms sit from the value of eps.
+    """
+    layernorm = norm.startswith('layernorm')
+    model = make(kind, preset=preset, norm=norm.split('-')[0], bias=layernorm).double().eval()
+    if layernorm:
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.eps = 0.0
+    x, y = batch(model)
+    s = 3.0
+    with torch.no_grad():
+        logits0, h0 = outputs(model, x, y)
+        scaling(model, s)
+        logits1, h1 = outputs(model, x, y)
+    if getattr(model.config, SCALINGS[scaling]):
+        assert rel_diff(h1, h0) < 1e-9  # the trunk's output does not change
+        # the GPT head is tied to wte: scaling wte scales the logits by exactly s (final_norm is on)
+        tied = kind == 'gpt' and scaling is scale_embedding
+        torch.testing.assert_close(logits1, s * logits0 if tied else logits0, rtol=1e-9, atol=1e-9)
+    else:  # negative control: the same scaling does change a model without that norm
+        assert rel_diff(h1, h0) > 1e-3
+        assert rel_diff(logits1, logits0) > 1e-3
+
+
+# ----------------------------------------------------------------------------------------
+# norm switches and presets
+
+def positions(model, switch):
+    tr = model.transformer
+    return {
+        'input_norm': lambda: [tr.ln_in],
+        'mlp_prenorm': lambda: [b.ln_2 for b in tr.h],
+        'qk_norm': lambda: [n for b in tr.h for n in (b.attn.q_norm, b.attn.k_norm)],
+        'mid_norm': lambda: [n for b in tr.h for n in (b.ln_mid_1, b.ln_mid_2)],
+        'final_norm': lambda: [tr.ln_f],
+    }[switch]()
+
+
+SWITCH_SIZE = {  # switch: (number of norms it adds, their width)
+    'input_norm': (1, C), 'mlp_prenorm': (L, C), 'qk_norm': (2 * L, C // H), 'mid_norm': (2 * L, C), 'final_norm': (1, C)}
+
+
+@pytest.mark.parametrize('bias', [False, True])
+@pytest.mark.parametrize('norm', M.NORMS)
+@pytest.mark.parametrize('switch', list(SWITCH_SIZE))
+@pytest.mark.parametrize('kind', ['gpt', 'vit-cls'])
+def test_switch_adds_its_norms(kind, switch, norm, bias):
+    on = make(kind, norm=norm, bias=bias, **{switch: True})
+    off = make(kind, norm=norm, bias=bias, **{switch: False})
+    n, width = SWITCH_SIZE[switch]
+    per_norm = width * (2 if norm == 'layernorm' and bias else 1)  # RMSNorm has no bias
+    assert norm_count(on) - norm_count(off) == n
+    assert on.get_num_params(non_embedding=False) - off.get_num_params(non_embedding=False) == n * per_norm
+    assert all(type(m) is nn.Identity for m in positions(off, switch))
+    assert all(type(m) is NORM_CLASS[norm] and tuple(m.normalized_shape) == (width,) for m in positions(on, switch))
+    assert len(positions(on, switch)) == n
+    # the pre-norm before attention is not a switch: always there
+    assert all(type(b.ln_1) is NORM_CLASS[norm] for b in on.transformer.h + off.transformer.h)
+
+
+@pytest.mark.parametrize('preset', PRESETS)
+@pytest.mark.parametrize('kind', ['gpt', 'vit-cls'])
+def test_preset_fills_switches(kind, preset):
+    model = make(kind, preset=preset)
+    for switch, on in M.PRESETS[preset].items():
+        assert getattr(model.config, switch) is on
+        assert all((type(m) is not nn.Identity) == on for m in positions(model, switch))
+    assert model.config.final_norm is True
+
+
+def test_explicit_switch_overrides_preset():
+    model = make('gpt', preset='dnt', mid_norm=False)
+    cfg = model.config
+    assert (cfg.input_norm, cfg.mlp_prenorm, cfg.qk_norm, cfg.mid_norm) == (True, False, True, False)
+    assert all(type(m) is nn.Identity for m in positions(model, 'mid_norm'))
+    assert all(type(m) is nn.LayerNorm for m in positions(model, 'qk_norm'))
+    cfg = M.ViTConfig(preset='standard', qk_norm=True, input_norm=True, final_norm=False)
+    assert (cfg.input_norm, cfg.mlp_prenorm, cfg.qk_norm, cfg.mid_norm, cfg.final_norm) == (True, True, True, False, False)
+
+
+def test_presets_follow_the_papers_ablation():
+    P = M.PRESETS
+    assert P['standard'] == P['s1'] and P['dnt'] == P['s5']
+    assert P['s1'] == dict(input_norm=False, mlp_prenorm=True, qk_norm=False, mid_norm=False)
+    assert P['s2'] == {**P['s1'], 'qk_norm': True}
+    assert P['s3'] == {**P['s2'], 'input_norm': True}
+    assert P['s4'] == {**P['s3'], 'mid_norm': True}
+    assert P['s5'] == {**P['s4'], 'mlp_prenorm': False}
+
+
+# ----------------------------------------------------------------------------------------
+# optimizers
+
+def param_ids(params):
+    return [id(p) for p in params]
+
+
+@pytest.mark.parametrize('name', ['msgdw', 'adamw'])
+@pytest.mark.parametrize('kind', ['gpt', 'vit-cls'])
+def test_configure_optimizers_groups(kind, name):
+    model = make(kind, preset='dnt', bias=True)
+    lr, wd = 0.1, 0.05
+    opt = model.configure_optimizers(name, lr, wd)
+    assert type(opt) is (M.SGDW if name == 'msgdw' else torch.optim.AdamW)
+    assert len(opt.param_groups) == 2
+    decay, no_decay = opt.param_groups
+    params = list(model.parameters())
+    matrices, vectors = [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
+    assert sorted(param_ids(decay['params'])) == sorted(param_ids(matrices)) and len(decay['params']) == len(matrices)
+    assert sorted(param_ids(no_decay['params'])) == sorted(param_ids(vectors)) and len(no_decay['params']) == len(vectors)
+    assert len(matrices) > 0 and len(vectors) > 0
+    key = 'decoupled_weight_decay' if name == 'msgdw' else 'weight_decay'
+    assert (decay[key], no_decay[key]) == (wd, 0.0)
+    if name == 'msgdw':  # torch's own (coupled, L2) weight decay stays off
+        assert decay['weight_decay'] == no_decay['weight_decay'] == 0.0
+        assert (decay['momentum'], decay['nesterov']) == (0.9, False)
+        extra = model.configure_optimizers(name, lr, wd, momentum=0.8, nesterov=True).param_groups[0]
+        assert (extra['momentum'], extra['nesterov']) == (0.8, True)
+    else:
+        assert decay['betas'] == (0.9, 0.95)
+        assert model.configure_optimizers(name, lr, wd, betas=(0.8, 0.9)).param_groups[0]['betas'] == (0.8, 0.9)
+    # behaviour: with zero gradients one step only decays, and only the matrices
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for p, p0 in zip(params, before):
+        torch.testing.assert_close(p.detach(), p0 * (1 - lr * wd) if p.dim() >= 2 else p0, rtol=1e-6, atol=0)
+
+
+def test_configure_optimizers_unknown_name():
+    with pytest.raises(ValueError, match='unknown optimizer'):
+        make('gpt').configure_optimizers('sgd', 0.1, 0.0)
+
+
+@pytest.mark.parametrize('nesterov', [False, True])
+def test_sgdw_step_by_hand(nesterov):
+    lr, wd, mu = 0.5, 0.1, 0.9
+    g = torch.Generator().manual_seed(0)
+    p0, g1, g2 = (torch.randn(3, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    p, frozen = nn.Parameter(p0.clone()), nn.Parameter(p0.clone())  # frozen never gets a gradient
+    opt = M.SGDW([p, frozen], lr=lr, momentum=mu, weight_decay=wd, nesterov=nesterov)
+    p.grad = g1.clone()
+    opt.step()
+    b1 = g1
+    p1 = p0 * (1 - lr * wd) - lr * ((g1 + mu * b1) if nesterov else b1)
+    torch.testing.assert_close(p.detach(), p1, rtol=1e-14, atol=1e-14)
+    p.grad = g2.clone()
+    opt.step()
+    b2 = mu * b1 + g2
+    p2 = p1 * (1 - lr * wd) - lr * ((g2 + mu * b2) if nesterov else b2)
+    torch.testing.assert_close(p.detach(), p2, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(opt.state[p]['momentum_buffer'], b2, rtol=1e-14, atol=1e-14)
+    assert torch.equal(frozen.detach(), p0) and frozen not in opt.state  # like torch's SGD: no grad, no decay
+
+
+def test_msgdw_state_is_half_of_adamw():
+    state_bytes, param_bytes = {}, None
+    for name in ('msgdw', 'adamw'):
+        model = make('gpt', preset='dnt')
+        opt = model.configure_optimizers(name, 0.1, 0.1)
+        model(*batch(model))[1].backward()
+        opt.step()
+        params = list(model.parameters())
+        param_bytes = sum(p.numel() * p.element_size() for p in params)
+        assert len(opt.state) == len(params)
+        keys = {k for st in opt.state.values() for k in st}
+        assert keys == ({'momentum_buffer'} if name == 'msgdw' else {'step', 'exp_avg', 'exp_avg_sq'})
+        # bytes of the per-element buffers; AdamW's 'step' is one scalar counter per tensor
+        if name == 'adamw':
+            assert all(st['step'].numel() == 1 for st in opt.state.values())
+        state_bytes[name] = sum(t.numel() * t.element_size() for st in opt.state.values()
+                                for k, t in st.items() if k != 'step')
+    assert state_bytes['msgdw'] == param_bytes
+    assert 2 * state_bytes['msgdw'] == state_bytes['adamw']
+
+
+# ----------------------------------------------------------------------------------------
+# generate and crop_block_size
+
+@pytest.fixture(scope='module')
+def gpt_model():
+    return make('gpt', preset='dnt').eval()
+
+
+def test_generate_top1_is_greedy(gpt_model):
+    prompt = torch.randint(0, 50, (2, 3), generator=torch.Generator().manual_seed(0))
+    out = gpt_model.generate(prompt, max_new_tokens=20, top_k=1)  # 23 > block_size 16: crops too
+    idx = prompt
+    with torch.no_grad():
+        for _ in range(20):
+            logits, _ = gpt_model(idx[:, -gpt_model.config.block_size:])
+            idx = torch.cat([idx, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+    assert out.shape == (2, 23)
+    assert torch.equal(out, idx)
+
+
+def test_generate_seeded_sampling(gpt_model):
+    prompt = torch.zeros(1, 2, dtype=torch.long)
+
+    def sample(seed):
+        torch.manual_seed(seed)
+        return gpt_model.generate(prompt, max_new_tokens=30, temperature=5.0)
+
+    a, b, c = sample(1), sample(1), sample(2)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)  # 30 nearly uniform draws out of 50 tokens
+    assert torch.equal(a[:, :2], prompt)
+
+
+def test_generate_temperature(gpt_model):
+    prompt = torch.randint(0, 50, (4, 3), generator=torch.Generator().manual_seed(0))
+    greedy = gpt_model.generate(prompt, max_new_tokens=10, top_k=1)
+    torch.manual_seed(0)
+    cold = gpt_model.generate(prompt, max_new_tokens=10, temperature=1e-6)  # ~ one-hot: greedy
+    torch.manual_seed(0)
+    hot = gpt_model.generate(prompt, max_new_tokens=10, temperature=1.0)  # near-uniform at init
+    assert torch.equal(cold, greedy)
+    assert not torch.equal(hot, greedy)
+
+
+def test_generate_top_k_restricts_sampling(gpt_model):
+    prompt = torch.randint(0, 50, (64, 4), generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    out = gpt_model.generate(prompt, max_new_tokens=1, temperature=10.0, top_k=3)
+    with torch.no_grad():
+        top3 = gpt_model(prompt)[0][:, -1].topk(3).indices
+    assert (out[:, -1:] == top3).any(dim=1).all()
+    assert out[:, -1].unique().numel() > 3  # differs between prompts: not a constant
+
+
+def test_generate_prompt_longer_than_block(gpt_model):
+    prompt = torch.randint(0, 50, (2, 20), generator=torch.Generator().manual_seed(0))
+    kept = prompt.clone()
+    torch.manual_seed(0)
+    out = gpt_model.generate(prompt, max_new_tokens=5)
+    assert out.shape == (2, 25)
+    assert torch.equal(out[:, :20], kept) and torch.equal(prompt, kept)
+    assert ((out >= 0) & (out < 50)).all()
+
+
+def test_crop_block_size():
+    model = make('gpt').eval()
+    idx, y = batch(model)
+    idx, y = idx[:, :8].contiguous(), y[:, :8].contiguous()
+    with torch.no_grad():
+        full, _ = model(idx, y)
+    wpe = model.transformer.wpe.weight.detach().clone()
+    model.crop_block_size(8)
+    assert model.config.block_size == 8
+    assert model.transformer.wpe.weight.shape == (8, C)
+    assert torch.equal(model.transformer.wpe.weight.detach(), wpe[:8])
+    logits, loss = model(idx, y)
+    assert logits.shape == (2, 8, 50)
+    torch.testing.assert_close(logits, full)  # positions 0..7 unchanged by the crop
+    loss.backward()
+    assert model.transformer.wpe.weight.grad.shape == (8, C)
+    with pytest.raises(AssertionError):
+        model(torch.zeros(2, 9, dtype=torch.long))
+    assert model.generate(idx[:, :3], 10, top_k=1).shape == (2, 13)
+
+
+def test_crop_block_size_updates_flops_per_sample():
+    cropped, fresh = make('gpt'), make('gpt', block_size=8)
+    cropped.crop_block_size(8)
+    assert cropped.get_num_params() == fresh.get_num_params()
+    n_pos = cropped.transformer.wpe.num_embeddings
+    assert n_pos == 8, (
+        'crop_block_size swaps wpe.weight but leaves wpe.num_embeddings at the old block_size, '
+        'and flops_per_sample reads its T from there')
+    assert cropped.flops_per_sample() == fresh.flops_per_sample()
+
+
+# ----------------------------------------------------------------------------------------
+# bad configs, MFU
+
+@pytest.mark.parametrize('cls, kw, match', [
+    (M.GPTConfig, dict(n_embd=30, n_head=4), 'divisible by n_head'),
+    (M.ViTConfig, dict(n_embd=30, n_head=4), 'divisible by n_head'),
+    (M.ViTConfig, dict(image_size=10, patch_size=4), 'divisible by patch_size'),
+    (M.GPTConfig, dict(norm='batchnorm'), 'unknown norm'),
+    (M.ViTConfig, dict(norm='layer_norm'), 'unknown norm'),
+    (M.GPTConfig, dict(preset='s6'), 'unknown preset'),
+    (M.ViTConfig, dict(preset='DNT'), 'unknown preset'),
+    (M.ViTConfig, dict(pool='max'), 'unknown pool'),
+])
+def test_bad_config_raises(cls, kw, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kw)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_flops_and_mfu_on_cpu(kind, monkeypatch):
+    model = make(kind)
+    cfg = model.config
+    T = cfg.block_size if kind == 'gpt' else (cfg.image_size // cfg.patch_size) ** 2 + (cfg.pool == 'cls')
+    flops = model.flops_per_sample()
+    assert flops > 0
+    assert flops == 6 * model.get_num_params() * T + 12 * cfg.n_layer * cfg.n_embd * T * T  # nanoGPT / PaLM
+    assert model.estimate_mfu(8, 0.5) is None  # a CPU model: no known peak
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a: 'NVIDIA H100 80GB HBM3')
+    assert model.estimate_mfu(8, 0.5) is None  # even where a GPU exists: the model is not on it
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_mfu_peak_lookup_on_cuda(monkeypatch):
+    model = make('gpt').cuda()
+    flops = model.flops_per_sample()
+    for name, peak in [('NVIDIA H100 80GB HBM3', 989e12), ('NVIDIA H100 PCIe', 756e12), ('NVIDIA A100-SXM4-40GB', 312e12)]:
+        monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a, name=name: name)
+        assert model.estimate_mfu(8, 0.5) == pytest.approx(flops * 8 / 0.5 / peak)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a: 'Some Unknown GPU')
+    assert model.estimate_mfu(8, 0.5) is None
