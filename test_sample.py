@@ -1,0 +1,206 @@
+"""Tests for sample.py on a tiny char-level GPT and a tiny ViT, both trained here by train.py
+on datasets made here by prepare_data.py (all in tmp dirs, on the CPU, in a few seconds)."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import sample
+from model import ViT, ViTConfig
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONIOENCODING': 'utf-8'}  # tiny tensors; shared CPUs
+SEP = '\n---------------\n'
+TEXT = ("the quick brown fox jumps over the lazy dog.\n"  # lower case, no '-': the separator can't be sampled
+        "a stitch in time saves nine, said the old tailor to his cat.\n") * 20
+PROMPT = "the cat"
+TRAIN = ['--device=cpu', '--dtype=float32', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=32',
+         '--batch_size=8', '--gradient_accumulation_steps=1', '--eval_iters=2', '--warmup_iters=2',
+         '--optimizer=adamw', '--learning_rate=1e-2', '--log_interval=1']
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """sample.py runs in this process too: tiny tensors, shared CPUs, so one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, os.path.join(HERE, script), *args], cwd=HERE, env=ENV,
+                          capture_output=True, text=True, encoding='utf-8', timeout=120)
+
+
+def check_run(script, *args):
+    result = run(script, *args)
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def sample_main(capsys, *args):
+    """sample.py in this process (saves a torch import per call); its stdout."""
+    capsys.readouterr()
+    sample.main(list(args))
+    return capsys.readouterr().out
+
+
+@pytest.fixture(scope='module')
+def text_run(tmp_path_factory):
+    """(out_dir, data_dir) of a tiny GPT trained for 20 iterations on a char dataset."""
+    tmp = tmp_path_factory.mktemp('text')
+    (tmp / 'input.txt').write_text(TEXT, encoding='utf-8')
+    data_dir, out_dir = tmp / 'data', tmp / 'out'
+    check_run('prepare_data.py', 'shakespeare_char', f'--input={tmp / "input.txt"}', f'--out_dir={data_dir}')
+    check_run('train.py', *TRAIN, '--block_size=16', '--max_iters=20', '--eval_interval=20', '--lr_decay_iters=20',
+              f'--data_dir={data_dir}', f'--out_dir={out_dir}')
+    assert (out_dir / 'ckpt.pt').is_file()
+    return str(out_dir), str(data_dir)
+
+
+def samples(out):
+    parts = out.split(SEP)
+    assert parts[-1] == '', f"output does not end with the separator: {out!r}"
+    return parts[:-1]
+
+
+def test_samples_start_with_prompt_and_have_the_right_length(text_run, capsys):
+    out_dir, data_dir = text_run
+    vocab = set(json.load(open(os.path.join(data_dir, 'meta.json')))['itos'])
+    out = sample_main(capsys, f'--out_dir={out_dir}', f'--start={PROMPT}', '--num_samples=3',
+                      '--max_new_tokens=30', '--device=cpu', '--dtype=float32')
+    got = samples(out)
+    assert len(got) == 3
+    for s in got:
+        assert s.startswith(PROMPT)
+        assert len(s) == len(PROMPT) + 30  # char level: one token, one character; past block_size 16 too
+        assert set(s) <= vocab
+
+
+def test_seed_reproducible_and_different_seeds_differ(text_run, capsys):
+    out_dir, _ = text_run
+    args = [f'--out_dir={out_dir}', f'--start={PROMPT}', '--num_samples=2', '--max_new_tokens=40', '--device=cpu']
+    a = sample_main(capsys, *args, '--seed=1')
+    b = sample_main(capsys, *args, '--seed=1')
+    c = sample_main(capsys, *args, '--seed=2')
+    assert a == b
+    assert a != c
+    assert samples(a)[0] != samples(a)[1]  # the samples of one run differ from each other too
+
+
+def test_prompt_from_file(text_run, capsys, tmp_path):
+    out_dir, _ = text_run
+    prompt = "a stitch\nin time"
+    (tmp_path / 'prompt.txt').write_text(prompt, encoding='utf-8')
+    out = sample_main(capsys, f'--out_dir={out_dir}', f'--start=FILE:{tmp_path / "prompt.txt"}', '--num_samples=2',
+                      '--max_new_tokens=5', '--device=cpu')
+    got = samples(out)
+    assert len(got) == 2 and all(s.startswith(prompt) and len(s) == len(prompt) + 5 for s in got)
+
+
+def test_data_dir_override(text_run, capsys, tmp_path):
+    """A checkpoint moved to another machine: its recorded data_dir is gone, --data_dir points at the copy."""
+    out_dir, data_dir = text_run
+    with pytest.raises(SystemExit) as e:
+        sample_main(capsys, f'--out_dir={out_dir}', f'--data_dir={tmp_path / "nowhere"}', '--device=cpu')
+    assert 'meta.json missing' in str(e.value) and '--data_dir' in str(e.value) and '\n' not in str(e.value)
+    out = sample_main(capsys, f'--out_dir={out_dir}', f'--data_dir={data_dir}', f'--start={PROMPT}',
+                      '--num_samples=1', '--max_new_tokens=3', '--device=cpu')
+    assert len(samples(out)) == 1
+
+
+def test_padded_vocab_never_samples_padding(text_run, capsys, tmp_path):
+    """train.py's --vocab_size pads the vocabulary (GPT-2: 50257 -> 50304); the padding ids have no characters.
+    Here the padding rows are made large, so that sampling them is likely unless sample.py masks them."""
+    out_dir, data_dir = text_run
+    ckpt = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True)
+    V = ckpt['model_args']['vocab_size']
+    ckpt['model_args']['vocab_size'] = 64
+    torch.manual_seed(0)
+    weight = torch.cat([ckpt['model']['lm_head.weight'], 5 * torch.randn(64 - V, ckpt['model_args']['n_embd'])])
+    ckpt['model']['lm_head.weight'] = ckpt['model']['transformer.wte.weight'] = weight
+    torch.save(ckpt, tmp_path / 'ckpt.pt')
+    vocab = set(json.load(open(os.path.join(data_dir, 'meta.json')))['itos'])
+    out = sample_main(capsys, f'--out_dir={tmp_path}', f'--start={PROMPT}', '--num_samples=2', '--max_new_tokens=50',
+                      '--temperature=2', '--top_k=0', '--device=cpu')
+    assert all(len(s) == len(PROMPT) + 50 and set(s) <= vocab for s in samples(out))
+
+
+def test_unknown_prompt_characters_fail_in_one_line(text_run):
+    out_dir, _ = text_run
+    result = run('sample.py', f'--out_dir={out_dir}', '--start=the Zebra €', '--device=cpu', '--max_new_tokens=2')
+    assert result.returncode != 0
+    assert 'Traceback' not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "'Z'" in lines[0] and "'€'" in lines[0] and 'vocabulary' in lines[0]
+    assert result.stdout == ''
+
+
+def test_missing_checkpoint_fails_cleanly(tmp_path, capsys):
+    """In process (saves a torch import): sys.exit with a message, which Python prints as one line, no traceback."""
+    with pytest.raises(SystemExit) as e:
+        sample_main(capsys, f'--out_dir={tmp_path}', '--device=cpu')
+    message = e.value.code
+    assert isinstance(message, str) and '\n' not in message  # a str code: exit status 1, printed to stderr
+    assert 'ckpt.pt' in message and 'train' in message and '--out_dir' in message
+    assert capsys.readouterr().out == ''
+
+
+# ----------------------------------------------------------------------------------------
+# image checkpoints: top-1 accuracy on val
+
+@pytest.fixture(scope='module')
+def image_run(tmp_path_factory):
+    """(out_dir, data_dir) of a tiny ViT trained for 6 iterations on 8x8 RGB images of 3 classes."""
+    tmp = tmp_path_factory.mktemp('image')
+    rng = np.random.default_rng(0)
+    def split(n):  # class k: mostly channel k bright, so a few steps already learn something
+        y = rng.integers(0, 3, n)
+        x = rng.integers(0, 100, (n, 8, 8, 3))
+        x[np.arange(n), :, :, y] += 120
+        return x.astype(np.uint8), y
+    (xt, yt), (xv, yv) = split(64), split(37)  # 37: the last eval batch is partial
+    np.savez(tmp / 'tiny.npz', x_train=xt, y_train=yt, x_test=xv, y_test=yv)
+    data_dir, out_dir = tmp / 'data', tmp / 'out'
+    check_run('prepare_data.py', 'npz', f'--input={tmp / "tiny.npz"}', f'--out_dir={data_dir}')
+    check_run('train.py', *TRAIN, '--patch_size=4', '--max_iters=6', '--eval_interval=6', '--lr_decay_iters=6',
+              f'--data_dir={data_dir}', f'--out_dir={out_dir}')
+    return str(out_dir), str(data_dir)
+
+
+def test_image_accuracy_matches_checkpoint_and_train_log(image_run, capsys):
+    out_dir, data_dir = image_run
+    out = sample_main(capsys, f'--out_dir={out_dir}', '--device=cpu', '--batch_size=16')
+    m = re.fullmatch(r"top-1 accuracy on val: ([\d.]+)% \((\d+) images\), loss ([\d.]+)\n", out)
+    assert m, out
+    acc, n, loss = float(m[1]), int(m[2]), float(m[3])
+    assert n == 37 and 0 <= acc <= 100
+
+    # the same number computed here from the checkpoint
+    ckpt = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True)
+    assert ckpt['model_type'] == 'image'
+    model = ViT(ViTConfig(**ckpt['model_args']))
+    model.load_state_dict(ckpt['model'])
+    model.eval()
+    meta = json.load(open(os.path.join(data_dir, 'meta.json')))
+    x = torch.from_numpy(np.load(os.path.join(data_dir, 'val_x.npy'))).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(meta['mean']).view(1, -1, 1, 1)) / torch.tensor(meta['std']).view(1, -1, 1, 1)
+    y = torch.from_numpy(np.load(os.path.join(data_dir, 'val_y.npy')))
+    with torch.no_grad():
+        logits, my_loss = model(x, y)
+    my_acc = 100 * (logits.argmax(-1) == y).float().mean().item()
+    assert acc == pytest.approx(my_acc, abs=0.006)  # printed with 2 decimals
+    assert loss == pytest.approx(my_loss.item(), abs=1e-4)
+
+    # and train.py's own eval at the last iteration, with the weights it saved then
+    records = [json.loads(line) for line in open(os.path.join(out_dir, 'log.jsonl'))]
+    last = [r for r in records if r['iter'] == ckpt['iter_num'] and 'val_acc' in r][-1]
+    assert acc == pytest.approx(100 * last['val_acc'], abs=0.006)
+    assert loss == pytest.approx(last['val_loss'], abs=1e-3)
