@@ -64,6 +64,9 @@ class TransformerConfig:
         for switch, on in PRESETS[self.preset].items():
             if getattr(self, switch) is None:
                 setattr(self, switch, on)
+        for switch in (*PRESETS[self.preset], 'final_norm', 'bias'):
+            if not isinstance(getattr(self, switch), bool):
+                raise ValueError(f"{switch} must be True or False, got {getattr(self, switch)!r}")
 
 @dataclass
 class GPTConfig(TransformerConfig):

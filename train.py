@@ -128,7 +128,7 @@ def fail(message):
 # data: one generator, seeded alike on every process, draws each iteration's global batch;
 # each process keeps its rows, so N processes see the data of one process accumulating N times
 
-data_dir = data_dir or os.path.join('data', dataset)
+data_dir = config['data_dir'] = data_dir or os.path.join('data', dataset)  # recorded for sample.py
 try:
     meta = load_meta(data_dir)
 except FileNotFoundError as e:
@@ -208,8 +208,10 @@ iter_num, best_val_loss, checkpoint = 0, float('inf'), None
 if init_from == 'resume':
     if not os.path.exists(ckpt_path):
         fail(f"no checkpoint at {ckpt_path} to resume from; check --out_dir or start with --init_from=scratch")
-    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
-    changed = {k: (v, model_args.get(k)) for k, v in checkpoint['model_args'].items() if model_args.get(k) != v}
+    checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)  # RNG states must stay on the CPU
+    # the resolved switches are compared, not the preset's name; dropout may change between runs
+    changed = {k: (v, model_args.get(k)) for k, v in checkpoint['model_args'].items()
+               if model_args.get(k) != v and k not in ('preset', 'dropout')}
     if changed:
         fail(f"{ckpt_path} holds a different model: " + ', '.join(f"{k}={a!r} there, {b!r} asked" for k, (a, b) in changed.items())
              + "; use the checkpoint's settings or another --out_dir")
@@ -274,6 +276,11 @@ def evaluate():
         out.update(val_loss=loss_sum / count, val_acc=correct / count)
     model.train()
     return out
+
+
+def diverged_hint():
+    kept = f"; {ckpt_path} is the last good checkpoint" if os.path.exists(ckpt_path) else ""
+    return f"Lower learning_rate (now {learning_rate}) or raise warmup_iters{kept}"
 
 
 def get_lr(it):
@@ -385,18 +392,18 @@ signal.signal(signal.SIGINT, request_stop)
 
 t0 = time.time()
 running_mfu = -1.0
+resumed_at = iter_num if init_from == 'resume' and not eval_only else None  # evaluated and saved before
 while True:
     lr = get_lr(iter_num)
     for group in opt.param_groups:
         group['lr'] = lr
 
-    if iter_num % eval_interval == 0 or iter_num == max_iters:
+    if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num != resumed_at:
         losses = evaluate()
         log(f"step {iter_num}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
         write_log(dict(iter=iter_num, lr=lr, **losses))
         if not math.isfinite(losses['val_loss']):
-            fail(f"val loss is {losses['val_loss']} at iter {iter_num}; not saving. Lower learning_rate "
-                 f"(now {learning_rate}) or raise warmup_iters; {ckpt_path} is the last good checkpoint")
+            fail(f"val loss is {losses['val_loss']} at iter {iter_num}; not saving. {diverged_hint()}")
         if iter_num > 0 and (losses['val_loss'] < best_val_loss or always_save_checkpoint):
             best_val_loss = min(best_val_loss, losses['val_loss'])
             save_checkpoint()
@@ -428,8 +435,7 @@ while True:
     status = all_reduce_sum(torch.stack([loss_sum.float(), torch.tensor(float(bool(stop_signal)), device=device)]))
     lossf, stop = status[0].item() / world_size, status[1].item() > 0
     if not math.isfinite(lossf):
-        fail(f"loss is {lossf} at iter {iter_num}; stopping without saving. Lower learning_rate "
-             f"(now {learning_rate}) or raise warmup_iters; {ckpt_path} is the last good checkpoint")
+        fail(f"loss is {lossf} at iter {iter_num}; stopping without saving. {diverged_hint()}")
     t1 = time.time()
     dt, t0 = t1 - t0, t1
     if iter_num % log_interval == 0:

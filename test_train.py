@@ -1,0 +1,358 @@
+"""Tests for train.py (and configurator.py): tiny end-to-end runs as subprocesses on the CPU.
+
+Every dataset is written here into tmp dirs by prepare_data.py's CLI (--input), so the real
+loading code runs too. Runs are shared between tests through module-scoped fixtures.
+Run: python -m pytest -q test_train.py --durations=10
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from configurator import configure
+
+REPO = Path(__file__).resolve().parent
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}  # tiny tensors, shared CPUs
+TEXT = "the quick brown fox jumps over the lazy dog.\n" * 200  # repetitive: learnable in a few steps
+# a 1-layer DNT-GPT; every run passes --device=cpu --compile=False --dtype=float32
+TINY = dict(device='cpu', compile=False, dtype='float32', n_layer=1, n_head=2, n_embd=32, block_size=16,
+            batch_size=8, gradient_accumulation_steps=1, eval_iters=2, log_interval=1, warmup_iters=2,
+            lr_decay_iters=20, grad_clip=1.0)
+N = 10  # iterations per half of a resume test; also its eval_interval
+LM = {  # per optimizer: learning rate and dropout; learning_rate=1 (an int) checks int-for-float end to end
+    'msgdw': dict(optimizer='msgdw', learning_rate=1, min_lr=0.1, dropout=0.1),
+    'adamw': dict(optimizer='adamw', learning_rate=1e-2, min_lr=1e-3, dropout=0.0),
+}
+CKPT_KEYS = {'model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config', 'rng'}
+
+
+def arg(key, value):
+    # strings as Python literals (paths are not bare words), everything else as its repr
+    return f'--{key}={value!r}'
+
+
+def train(out_dir, data_dir, *extra, torchrun=False, check=True, timeout=300, **overrides):
+    """Run train.py with TINY + overrides (+ extra raw args); returns the CompletedProcess."""
+    cfg = {**TINY, 'out_dir': str(out_dir), 'data_dir': str(data_dir), **overrides}
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2'] if torchrun else [sys.executable]
+    r = subprocess.run([*launcher, 'train.py', *(arg(k, v) for k, v in cfg.items()), *extra],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r
+
+
+def prepare(*args):
+    r = subprocess.run([sys.executable, 'prepare_data.py', *map(str, args)], cwd=REPO, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def load_ckpt(out_dir):
+    return torch.load(Path(out_dir) / 'ckpt.pt', map_location='cpu', weights_only=True)
+
+
+def read_log(out_dir):
+    return [json.loads(line) for line in (Path(out_dir) / 'log.jsonl').read_text().splitlines()]
+
+
+def train_losses(log):
+    return [(r['iter'], r['loss']) for r in log if 'loss' in r]
+
+
+def val_losses(log):
+    return [(r['iter'], r['val_loss']) for r in log if 'val_loss' in r]
+
+
+def assert_same_weights(a, b, rtol=0.0, atol=1e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=rtol, atol=atol, msg=lambda m: f'{k}: {m}')
+
+
+def assert_clean_error(r, *words):
+    """Non-zero exit, a message naming every word, no traceback."""
+    assert r.returncode != 0
+    assert 'Traceback' not in r.stderr, r.stderr
+    assert all(w in r.stderr for w in words), r.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# data and shared runs
+
+@pytest.fixture(scope='module')
+def text_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp('text')
+    (d / 'input.txt').write_text(TEXT)
+    prepare('shakespeare_char', '--input', d / 'input.txt', '--out_dir', d / 'data')
+    return d / 'data'
+
+
+@pytest.fixture(scope='module')
+def image_data(tmp_path_factory):
+    """8x8 gray images, 2 classes: a bright top half or a bright bottom half, plus noise."""
+    d, rng = tmp_path_factory.mktemp('image'), np.random.default_rng(0)
+
+    def make(n):
+        y = rng.integers(0, 2, n)
+        x = rng.integers(0, 60, (n, 8, 8))
+        for i in range(n):
+            x[i, 4 * y[i]:4 * y[i] + 4] += 150
+        return x.astype(np.uint8), y
+
+    (xt, yt), (xv, yv) = make(256), make(64)
+    np.savez(d / 'img.npz', x_train=xt, y_train=yt, x_test=xv, y_test=yv, class_names=np.array(['top', 'bottom']))
+    prepare('npz', '--input', d / 'img.npz', '--out_dir', d / 'data')
+    return d / 'data'
+
+
+@pytest.fixture(scope='module')
+def lm_runs(tmp_path_factory, text_data):
+    """Per optimizer, made once: 2N steps straight; N steps (kept as `half`) then resumed to 2N."""
+    cache = {}
+
+    def get(opt):
+        if opt not in cache:
+            d = tmp_path_factory.mktemp(f'lm_{opt}')
+            cfg = dict(LM[opt], eval_interval=N)
+            train(d / 'straight', text_data, max_iters=2 * N, **cfg)
+            train(d / 'resumed', text_data, max_iters=N, **cfg)
+            shutil.copytree(d / 'resumed', d / 'half')  # a good checkpoint at iter N, for other tests to copy
+            train(d / 'resumed', text_data, '--init_from=resume', max_iters=2 * N, **cfg)
+            cache[opt] = d
+        return cache[opt]
+
+    return get
+
+
+def good_run_copy(lm_runs, dest):
+    """A copy of an out_dir holding a good checkpoint at iter N (msgdw)."""
+    shutil.copytree(lm_runs('msgdw') / 'half', dest)
+    return dest
+
+
+# ----------------------------------------------------------------------------------------
+# end to end: outputs, learning, checkpoint contents
+
+@pytest.mark.parametrize('opt', LM)
+def test_lm_run_learns_and_writes_outputs(lm_runs, text_data, opt):
+    out = lm_runs(opt) / 'straight'
+    assert {p.name for p in out.iterdir()} >= {'ckpt.pt', 'log.jsonl', 'config.json'}
+    log = read_log(out)
+    losses, vals = train_losses(log), val_losses(log)
+    assert [i for i, _ in losses] == list(range(1, 2 * N + 1))  # log_interval=1
+    assert [i for i, _ in vals] == [0, N, 2 * N]  # eval at multiples of eval_interval and at max_iters
+    assert losses[-1][1] < 0.7 * losses[0][1], losses
+    assert vals[-1][1] < 0.7 * vals[0][1], vals
+
+    ckpt = load_ckpt(out)  # weights_only=True: no pickled objects
+    assert CKPT_KEYS <= ckpt.keys()
+    assert not any('_orig_mod.' in k for k in ckpt['model'])
+    assert ckpt['iter_num'] == 2 * N and ckpt['model_type'] == 'text'
+    assert ckpt['best_val_loss'] == pytest.approx(min(v for _, v in vals))
+    assert ckpt['model_args']['n_layer'] == 1 and ckpt['model_args']['vocab_size'] == len(set(TEXT))
+    assert ckpt['model_args']['qk_norm'] is True  # preset 'dnt' resolved into the switches
+    config = json.loads((out / 'config.json').read_text())
+    assert config == ckpt['config'] and config['optimizer'] == opt and config['max_iters'] == 2 * N
+    assert type(config['learning_rate']) is float and config['learning_rate'] == LM[opt]['learning_rate']
+    assert {'data', 'cpu', 'world_size'} <= ckpt['rng'].keys() and ckpt['rng']['world_size'] == 1
+
+
+def test_image_run_learns(image_data, tmp_path):
+    train(tmp_path, image_data, optimizer='adamw', learning_rate=3e-3, min_lr=3e-4, batch_size=16, patch_size=4,
+          crop_padding=1, max_iters=30, eval_interval=15, lr_decay_iters=30)
+    assert {p.name for p in tmp_path.iterdir()} >= {'ckpt.pt', 'log.jsonl', 'config.json'}
+    log = read_log(tmp_path)
+    vals = [(r['iter'], r['val_loss'], r['val_acc']) for r in log if 'val_loss' in r]
+    assert [v[0] for v in vals] == [0, 15, 30]
+    assert vals[-1][1] < 0.7 * vals[0][1] and vals[-1][2] >= 0.9, vals
+    losses = train_losses(log)
+    assert np.mean([l for _, l in losses[-5:]]) < np.mean([l for _, l in losses[:5]]), losses
+    ckpt = load_ckpt(tmp_path)
+    assert CKPT_KEYS <= ckpt.keys() and ckpt['model_type'] == 'image' and ckpt['iter_num'] == 30
+    assert (ckpt['model_args']['image_size'], ckpt['model_args']['in_chans'], ckpt['model_args']['num_classes']) == (8, 1, 2)
+    assert not any('_orig_mod.' in k for k in ckpt['model'])
+
+
+# ----------------------------------------------------------------------------------------
+# exact resume, DDP, compile
+
+@pytest.mark.parametrize('opt', LM)  # msgdw runs with dropout 0.1: its RNG must be restored too
+def test_resume_is_exact(lm_runs, opt):
+    d = lm_runs(opt)
+    a, b = load_ckpt(d / 'straight'), load_ckpt(d / 'resumed')
+    assert a['iter_num'] == b['iter_num'] == 2 * N
+    assert_same_weights(a['model'], b['model'])
+    for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-6)
+    la, lb = read_log(d / 'straight'), read_log(d / 'resumed')
+    assert train_losses(la) == train_losses(lb)  # the resumed log continues the first half's, loss for loss
+    assert val_losses(la)[-1] == val_losses(lb)[-1]
+    assert a['best_val_loss'] == b['best_val_loss']
+
+
+def test_torchrun_matches_single_process(text_data, tmp_path):
+    cfg = dict(gradient_accumulation_steps=2, batch_size=4, max_iters=3, eval_interval=3, learning_rate=1)
+    single = train(tmp_path / 'single', text_data, **cfg)
+    ddp = train(tmp_path / 'ddp', text_data, torchrun=True, **cfg)
+    assert '2 process(es), 1 micro-steps' in ddp.stdout and '1 process(es), 2 micro-steps' in single.stdout
+    assert ddp.stdout.count('saved checkpoint') == 1  # only rank 0 logs and saves
+    ls, ld = read_log(tmp_path / 'single'), read_log(tmp_path / 'ddp')
+    assert [i for i, _ in train_losses(ld)] == [1, 2, 3]
+    np.testing.assert_allclose([l for _, l in train_losses(ld)], [l for _, l in train_losses(ls)], rtol=1e-5)
+    np.testing.assert_allclose(val_losses(ld)[-1][1], val_losses(ls)[-1][1], rtol=1e-5)
+    cs, cd = load_ckpt(tmp_path / 'single'), load_ckpt(tmp_path / 'ddp')
+    assert cd['iter_num'] == 3 and cd['rng']['world_size'] == 2 and len(cd['rng']['cpu']) == 2
+    assert_same_weights(cd['model'], cs['model'], rtol=1e-5, atol=1e-6)
+
+
+def test_compile_runs(text_data, tmp_path):
+    # inductor on the CPU: slow the first time (a minute or two), quick once its cache is warm
+    train(tmp_path, text_data, compile=True, n_embd=16, block_size=8, batch_size=4, eval_iters=1,
+          max_iters=2, eval_interval=100, timeout=600)
+    ckpt = load_ckpt(tmp_path)
+    assert ckpt['iter_num'] == 2 and 'lm_head.weight' in ckpt['model']
+    assert not any('_orig_mod.' in k for k in ckpt['model'])  # the raw model's keys, not the compiled wrapper's
+    assert len(train_losses(read_log(tmp_path))) == 2
+
+
+# ----------------------------------------------------------------------------------------
+# failures: clear messages, no tracebacks, no bad checkpoints
+
+@pytest.mark.parametrize('bad, words', [
+    ('--learning_rat=1', ["unknown config key 'learning_rat'", 'did you mean learning_rate']),
+    ('--compile=1', ['compile must be a bool']),
+])
+def test_bad_config_arg(text_data, tmp_path, bad, words):
+    r = train(tmp_path, text_data, bad, check=False)
+    assert_clean_error(r, bad.split('=')[0], *words)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not tmp_path.joinpath('ckpt.pt').exists()
+
+
+def test_missing_data_dir(tmp_path):
+    r = train(tmp_path / 'out', tmp_path / 'nope', check=False)
+    assert_clean_error(r, 'train.py: error: ', 'prepare_data.py', str(tmp_path / 'nope'))
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_resume_without_checkpoint(text_data, tmp_path):
+    r = train(tmp_path, text_data, '--init_from=resume', check=False)
+    assert_clean_error(r, 'train.py: error: ', 'no checkpoint', str(tmp_path / 'ckpt.pt'))
+
+
+def test_resume_with_other_model_config(lm_runs, text_data, tmp_path):
+    out = good_run_copy(lm_runs, tmp_path / 'out')
+    before = (out / 'ckpt.pt').read_bytes()
+    r = train(out, text_data, '--init_from=resume', check=False, n_layer=2, max_iters=2 * N, **LM['msgdw'])
+    assert_clean_error(r, 'train.py: error: ', 'n_layer=1 there, 2 asked')
+    assert (out / 'ckpt.pt').read_bytes() == before
+
+
+def test_nan_loss_stops_without_saving(lm_runs, text_data, tmp_path):
+    out = good_run_copy(lm_runs, tmp_path / 'out')
+    good = load_ckpt(out)
+    # eval_interval=N: the resume step N re-evaluates (finite), the next eval at 2N is never reached
+    r = train(out, text_data, '--init_from=resume', check=False, max_iters=1000, eval_interval=N,
+              **{**LM['msgdw'], 'learning_rate': 1e30, 'grad_clip': 0.0})
+    assert_clean_error(r, 'train.py: error: ', 'loss is', 'learning_rate')
+    assert 'loss is nan' in r.stderr or 'loss is inf' in r.stderr, r.stderr
+    after = load_ckpt(out)
+    assert after['iter_num'] == N
+    assert_same_weights(after['model'], good['model'], atol=0)
+    assert all(torch.isfinite(v).all() for v in after['model'].values())
+    assert not list(out.glob('*.tmp'))
+
+
+def test_sigterm_saves_and_resumes(text_data, tmp_path):
+    cfg = dict(LM['msgdw'], eval_interval=100000, lr_decay_iters=100000)
+    cmd = [sys.executable, 'train.py', *(arg(k, v) for k, v in {**TINY, **cfg, 'out_dir': str(tmp_path),
+           'data_dir': str(text_data), 'max_iters': 100000}.items())]
+    with open(tmp_path / 'stdout', 'w') as stdout:
+        p = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 120
+            log = tmp_path / 'log.jsonl'  # polled as text: a line may be half written
+            while not log.exists() or log.read_text().count('"loss":') < 3:
+                assert p.poll() is None and time.time() < deadline, "the run ended or made no progress"
+                time.sleep(0.2)
+            p.send_signal(signal.SIGTERM)
+            _, stderr = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert p.returncode == 0, stderr
+    assert 'stop requested by signal' in (tmp_path / 'stdout').read_text()
+    last = train_losses(read_log(tmp_path))[-1][0]
+    ckpt = load_ckpt(tmp_path)
+    assert 3 <= ckpt['iter_num'] == last < 100000
+    # resuming continues from there
+    train(tmp_path, text_data, '--init_from=resume', **{**cfg, 'max_iters': last + 2})
+    assert load_ckpt(tmp_path)['iter_num'] == last + 2
+    assert [i for i, _ in train_losses(read_log(tmp_path))][-3:] == [last, last + 1, last + 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_resume_on_cuda(text_data, tmp_path):
+    """Resume on a GPU: the checkpoint's RNG states must come back as CPU tensors."""
+    cfg = dict(LM['adamw'], device='cuda', eval_interval=2)
+    train(tmp_path, text_data, max_iters=2, **cfg)
+    train(tmp_path, text_data, '--init_from=resume', max_iters=4, **cfg)
+    assert load_ckpt(tmp_path)['iter_num'] == 4
+
+
+# ----------------------------------------------------------------------------------------
+# configurator, directly
+
+DEFAULTS = dict(learning_rate=1.0, max_iters=100, compile=True, dataset='openwebtext', input_norm=None)
+
+
+def config_error(argv):
+    with pytest.raises(SystemExit) as e:
+        configure(DEFAULTS, argv)
+    return str(e.value.code)
+
+
+def test_configurator_overrides(tmp_path):
+    f = tmp_path / 'cfg.py'
+    f.write_text("import math\nmax_iters = 5\ndataset = 'shakespeare'\n_private = 1\ndef helper(): pass\n")
+    assert configure(DEFAULTS, []) == DEFAULTS
+    c = configure(DEFAULTS, [str(f)])  # modules, functions and _names are not config
+    assert c == {**DEFAULTS, 'max_iters': 5, 'dataset': 'shakespeare'}
+    c = configure(DEFAULTS, [str(f), '--max_iters=7', '--dataset=cifar10', "--input_norm=False", '--compile=False'])
+    assert (c['max_iters'], c['dataset'], c['input_norm'], c['compile']) == (7, 'cifar10', False, False)
+    assert configure(DEFAULTS, ['--dataset="a b"'])['dataset'] == 'a b'  # a literal string
+    assert configure(DEFAULTS, ['--dataset=data/x-1'])['dataset'] == 'data/x-1'  # not a literal: stays a string
+    # later arguments win, a file after an argument included
+    assert configure(DEFAULTS, ['--max_iters=1', '--max_iters=2'])['max_iters'] == 2
+    assert configure(DEFAULTS, ['--max_iters=1', str(f)])['max_iters'] == 5
+    c = configure(DEFAULTS, ['--learning_rate=3'])  # an int for a float becomes a float
+    assert type(c['learning_rate']) is float and c['learning_rate'] == 3.0
+    assert DEFAULTS['max_iters'] == 100  # the defaults are not modified
+
+
+def test_configurator_errors(tmp_path):
+    msg = config_error(['--learning_rat=1'])
+    assert "unknown config key 'learning_rat'" in msg and 'did you mean learning_rate' in msg
+    assert 'did you mean' not in config_error(['--zzzzzz=1'])
+    msg = config_error(['--max_iters=abc'])
+    assert 'max_iters must be a int' in msg and "'abc'" in msg
+    assert 'compile must be a bool' in config_error(['--compile=1'])
+    assert 'learning_rate must be a float' in config_error(['--learning_rate=True'])  # a bool is no number here
+    assert 'max_iters must be a int' in config_error(['--max_iters=1.5'])
+    assert 'expected --key=value' in config_error(['--max_iters'])
+    assert 'cannot read config file' in config_error([str(tmp_path / 'missing.py')])
+    f = tmp_path / 'bad.py'
+    f.write_text("max_iter = 5\n")
+    msg = config_error([str(f)])
+    assert str(f) in msg and "'max_iter'" in msg and 'did you mean max_iters' in msg
