@@ -20,15 +20,6 @@ PRESETS = sorted(M.PRESETS)
 NORM_CLASS = {'layernorm': nn.LayerNorm, 'rmsnorm': nn.RMSNorm}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny tensors: more threads only add overhead (and these CPUs are shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make(kind, seed=0, **kw):
     torch.manual_seed(seed)
     if kind == 'gpt':

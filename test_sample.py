@@ -24,15 +24,6 @@ TRAIN = ['--device=cpu', '--dtype=float32', '--compile=False', '--n_layer=1', '-
          '--optimizer=adamw', '--learning_rate=1e-2', '--log_interval=1']
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """sample.py runs in this process too: tiny tensors, shared CPUs, so one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run(script, *args):
     return subprocess.run([sys.executable, os.path.join(HERE, script), *args], cwd=HERE, env=ENV,
                           capture_output=True, text=True, encoding='utf-8', timeout=120)

@@ -92,6 +92,11 @@ globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:])
 config = {k: globals()[k] for k in config_keys}  # the resolved run config, for logs and checkpoints
 # ----------------------------------------------------------------------------------------
 
+def fail(message):
+    print(f"train.py: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 # distributed setup: torchrun sets RANK, LOCAL_RANK, WORLD_SIZE
 ddp = int(os.environ.get('RANK', -1)) != -1
 if ddp:
@@ -101,7 +106,7 @@ if ddp:
         torch.cuda.set_device(device)
     dist.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
     if gradient_accumulation_steps % world_size:
-        sys.exit(f"train.py: error: gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number of processes ({world_size})")
+        fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number of processes ({world_size})")
 else:
     rank, local_rank, world_size = 0, 0, 1
 master_process = rank == 0
@@ -117,11 +122,6 @@ ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device
 def log(*args):
     if master_process:
         print(*args, flush=True)
-
-
-def fail(message):
-    print(f"train.py: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(1)
 
 
 # ----------------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ if meta['kind'] == 'text':
     samples_per_iter = batch_size * block_size  # tokens per micro-step
 
     def get_batches(split, n_total, rows, gen):
-        # a fresh memmap per call: a long-lived one grows memory (nanoGPT issue #158)
+        # a fresh memmap per call: a long-lived one keeps every page it touched (nanoGPT does the same)
         data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
         ix = torch.randint(len(data) - block_size, (n_total, batch_size), generator=gen)[rows]
         batches = []
@@ -148,8 +148,8 @@ if meta['kind'] == 'text':
             x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in row])
             y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in row])
             if device_type == 'cuda':  # pinned memory lets the copy run asynchronously
-                x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-            batches.append((x.to(device), y.to(device)))
+                x, y = x.pin_memory(), y.pin_memory()
+            batches.append((x.to(device, non_blocking=True), y.to(device, non_blocking=True)))
         return batches
 else:
     samples_per_iter = batch_size  # images per micro-step
@@ -194,6 +194,8 @@ if meta['kind'] == 'text':
 else:
     ModelConfig, Model = ViTConfig, ViT
     H, W, C = meta['shape']
+    if H != W:
+        fail(f"the ViT takes square images; {data_dir} holds {H}x{W}")
     derived = dict(image_size=H, in_chans=C, num_classes=meta['num_classes'])
 model_fields = [f.name for f in fields(ModelConfig)]
 try:
@@ -237,7 +239,7 @@ if checkpoint is not None:
 
 raw_model = model
 if compile:
-    log("compiling the model... (takes a ~minute)")
+    log("compiling the model (about a minute)...")
     model = torch.compile(model)
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
