@@ -22,10 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-LM = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, max_iters=600, lr_decay_iters=600,
+LM = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, max_iters=400, lr_decay_iters=400,
           warmup_iters=40, eval_interval=100, eval_iters=20, log_interval=50, grad_stats_interval=200)
-VISION = dict(n_layer=4, n_head=4, n_embd=128, patch_size=7, batch_size=128, max_iters=400, lr_decay_iters=400,
-              warmup_iters=30, eval_interval=100, crop_padding=2, log_interval=50, grad_stats_interval=200)
+VISION = dict(n_layer=4, n_head=4, n_embd=128, patch_size=7, batch_size=128, max_iters=300, lr_decay_iters=300,
+              warmup_iters=20, eval_interval=100, crop_padding=2, log_interval=50, grad_stats_interval=150)
 SCALES = {
     'full': dict(lm=LM, vision=VISION, n_lrs=4, extra_seeds=2, max_extensions=3, ablation_lrs=3,
                  msgdw_wds=(1e-4, 1e-3, 1e-2)),
@@ -37,7 +37,8 @@ SCALES = {
 }
 COMMON = dict(compile=False, device='cpu', dtype='float32', grad_clip=1.0, dropout=0.0, gradient_accumulation_steps=1)
 LR_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0]  # half-decade steps
-FIRST_LRS = {'adamw': 1e-3, 'msgdw': 0.1}  # where each optimizer's sweep starts on LR_GRID
+FIRST_LRS = {'adamw': 3e-4, 'msgdw': 0.03}  # where each optimizer's sweep starts on LR_GRID
+MIN_LR_RATIO = 0.1  # cosine decay to a tenth of each run's peak learning rate
 WEIGHT_DECAY = {'adamw': 0.1}  # AdamW: nanoGPT's; mSGDW: swept
 CELLS = [('standard', 'adamw'), ('dnt', 'adamw'), ('standard', 'msgdw'), ('dnt', 'msgdw')]
 ABLATION = {'S1 standard': dict(preset='standard'), 'S2 +QKNorm': dict(preset='s2'), 'S3 +InputNorm': dict(preset='s3'),
@@ -81,6 +82,7 @@ class Runner:
 
     def run(self, name, args):
         out_dir = os.path.join(self.out, name)
+        args = {**args, 'min_lr': args['learning_rate'] * MIN_LR_RATIO}
         summary = summarize(out_dir, args['max_iters'])
         if summary is None:
             os.makedirs(out_dir, exist_ok=True)

@@ -239,6 +239,12 @@ def test_bad_config_arg(text_data, tmp_path, bad, words):
     assert not tmp_path.joinpath('ckpt.pt').exists()
 
 
+def test_min_lr_above_learning_rate(text_data, tmp_path):
+    # sweeping learning_rate alone under the default min_lr would make the cosine schedule rise
+    r = train(tmp_path, text_data, '--learning_rate=1e-3', check=False)
+    assert_clean_error(r, 'train.py: error: ', 'min_lr (0.1) is above learning_rate (0.001)')
+
+
 def test_missing_data_dir(tmp_path):
     r = train(tmp_path / 'out', tmp_path / 'nope', check=False)
     assert_clean_error(r, 'train.py: error: ', 'prepare_data.py', str(tmp_path / 'nope'))

@@ -207,6 +207,8 @@ model = Model(model_config).to(device)
 
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 iter_num, best_val_loss, checkpoint = 0, float('inf'), None
+if decay_lr and min_lr > learning_rate:
+    fail(f"min_lr ({min_lr}) is above learning_rate ({learning_rate}): the schedule would rise; lower min_lr")
 if init_from == 'resume':
     if not os.path.exists(ckpt_path):
         fail(f"no checkpoint at {ckpt_path} to resume from; check --out_dir or start with --init_from=scratch")
