@@ -205,7 +205,7 @@ def mfu(v):
 
 def iqr(times):
     q1, _, q3 = statistics.quantiles(times, n=4)
-    return f"{q1:.3f}-{q3:.3f}"
+    return f"{q1:.1f}-{q3:.1f}"
 
 
 rows = [  # label, a value per variant (None: not known), format; a ratio B/A for numbers

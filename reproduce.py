@@ -199,7 +199,7 @@ def run_task(runner, task, base, scale):
     if task == 'lm':  # the ablation: each setting at its own best lr, mSGDW at DNT's best weight decay
         dnt = cells['dnt+msgdw']
         i = LR_GRID.index(dnt['best_lr'])
-        start = LR_GRID[i - scale['ablation_lrs'] // 2:][:scale['ablation_lrs']]
+        start = LR_GRID[max(0, i - scale['ablation_lrs'] // 2):][:scale['ablation_lrs']]
 
         def ablate(item):
             setting, switches = item
@@ -290,7 +290,7 @@ def write_tables(report, results_dir):
                 sweep_text += '; wd at best lr: ' + fmt_sweep(task, c['wd_sweep'])
             spread = f"{fmt_metric(task, c['mean'])} ± {fmt_metric(task, c['std'])} (n={len(c['per_seed'])})"
             lines.append(f"| {name} | {c['best_lr']:g} | {c['best_wd']:g} | {fmt_metric(task, c['per_seed'][0])} | {spread} | {sweep_text} |")
-        lines += ['', '| cell (best run) | iter | p99.9/median of |g| | kurtosis of g |', '|---|---|---|---|']
+        lines += ['', '| cell (best run) | iter | p99.9 / median of abs(g) | kurtosis of g |', '|---|---|---|---|']
         for name, tail in report[task]['grad_tail'].items():
             for it, t in tail.items():
                 lines.append(f"| {name} | {it} | {t['p999_over_median']:.1f} | {t['kurtosis']:.1f} |")

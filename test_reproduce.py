@@ -43,8 +43,8 @@ def test_every_cell_swept_and_seeded(quick):
             assert len(cell['per_seed']) == 2 and np.isfinite(cell['mean'])
             if name.endswith('msgdw'):
                 assert len(cell['wd_sweep']) == 2
-            assert cell['per_seed'][0] == pytest.approx(
-                cell['lr_sweep'][f"{cell['best_lr']:g}"]['best_val_acc' if task == 'vision' else 'best_val_loss'])
+            best = cell['wd_sweep'][f"{cell['best_wd']:g}"]  # the run at the best lr and weight decay
+            assert cell['per_seed'][0] == pytest.approx(best['best_val_acc' if task == 'vision' else 'best_val_loss'])
 
 
 def test_ablation_and_gradient_statistics(quick):
