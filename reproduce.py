@@ -4,9 +4,9 @@ Does DNT let momentum SGD match AdamW? The paper's experiments at CPU scale, in 
 a learning-rate sweep that must bracket its best value (mSGDW: then a weight-decay sweep), the
 best setting rerun with more seeds, the S1..S5 ablation, gradient-tail statistics, memory.
 
-$ python reproduce.py --data_root ../shared/data           # the full setting: hours on 2 cores
-$ python reproduce.py --data_root ../shared/data --quick   # minutes: a smoke check of the pipeline
---data_root holds tinyshakespeare/input.txt and fashion_mnist/fashion_mnist.npz (env NANODNT_DATA).
+$ python reproduce.py --data_root DATA           # the full setting: over an hour on 2 cores
+$ python reproduce.py --data_root DATA --quick   # minutes: a smoke check of the pipeline
+DATA holds tinyshakespeare/input.txt and fashion_mnist/fashion_mnist.npz (or set NANODNT_DATA).
 Every run is a train.py process in its own folder under --out: a finished run is skipped and
 an interrupted one resumed, so a stopped reproduction continues where it stopped. The tables
 (results.md, results.json) and figures go to --results.
