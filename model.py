@@ -168,6 +168,41 @@ class SGDW(torch.optim.SGD):
         return super().step(closure)
 
 # ----------------------------------------------------------------------------------------
+# Muon for the hidden matrices, AdamW for the rest: the split of Keller Jordan's Muon and
+# modded-nanogpt. The update is rescaled to AdamW's RMS (Moonshot, "Muon is Scalable for LLM
+# Training", 2025), so both halves share one learning rate and weight decay.
+
+class MuonAdamW:
+    """torch.optim.Muon (momentum 0.95, Nesterov) on `muon_params`, AdamW on `adamw_groups`, as one optimizer."""
+
+    def __init__(self, muon_params, adamw_groups, lr, weight_decay, betas, fused=False):
+        self.optimizers = [torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, adjust_lr_fn='match_rms_adamw'),
+                           torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, fused=fused)]
+
+    @property
+    def param_groups(self):  # read anew: load_state_dict replaces the groups
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    @property
+    def state(self):
+        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+
+    def step(self):
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none=True):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return dict(muon=self.optimizers[0].state_dict(), adamw=self.optimizers[1].state_dict())
+
+    def load_state_dict(self, state_dict):
+        self.optimizers[0].load_state_dict(state_dict['muon'])
+        self.optimizers[1].load_state_dict(state_dict['adamw'])
+
+# ----------------------------------------------------------------------------------------
 # the models: an embedding, the shared trunk, a head
 
 # bf16 dense peak FLOP/s by device name, first match wins
@@ -190,15 +225,14 @@ class Transformer(nn.Module):
         ))
 
     def init_weights(self):
-        # normal(0.02) everywhere (nanoGPT / timm). The standard model also shrinks each
-        # residual output projection by 1/sqrt(2 n_layer) to keep the residual stream's variance;
-        # under MidNorm that scale cancels in the forward pass and would only enlarge those
-        # weights' effective step (lr / ||W||^2), so DNT keeps 0.02.
+        # nanoGPT's init: normal(0.02), and GPT-2's 1/sqrt(2 n_layer) shrink of each residual
+        # output projection to keep the residual stream's variance. Under MidNorm that scale
+        # cancels in the forward pass and would only enlarge those weights' effective step
+        # (lr / ||W||^2), so DNT keeps 0.02 there.
         proj_std = 0.02 if self.config.mid_norm else 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d)):
-                std = proj_std if name.endswith('c_proj') else 0.02
-                torch.nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+                torch.nn.init.normal_(module.weight, mean=0.0, std=proj_std if name.endswith('c_proj') else 0.02)
                 if getattr(module, 'bias', None) is not None:
                     torch.nn.init.zeros_(module.bias)
 
@@ -221,14 +255,20 @@ class Transformer(nn.Module):
         # weights, which is what sets their effective step. Vectors (norm gains, biases, the cls
         # token) are no such weights and are left alone.
         params = [p for p in self.parameters() if p.requires_grad]
+        fused = device_type == 'cuda'  # one kernel for all tensors
+        if optimizer == 'muon':  # the blocks' matrices to Muon, the rest (embeddings, head, vectors) to AdamW
+            hidden = {id(p) for p in self.transformer.h.parameters() if p.dim() == 2}
+            muon = [p for p in params if id(p) in hidden]
+            params = [p for p in params if id(p) not in hidden]
         groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=weight_decay),
                   dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
-        fused = device_type == 'cuda'  # one kernel for all tensors
         if optimizer == 'adamw':
             return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
         if optimizer == 'msgdw':
             return SGDW(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov, fused=fused)
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'msgdw' or 'adamw'")
+        if optimizer == 'muon':
+            return MuonAdamW(muon, groups, lr=learning_rate, weight_decay=weight_decay, betas=betas, fused=fused)
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'msgdw', 'adamw' or 'muon'")
 
     def flops_per_sample(self):
         """Training FLOPs of one sequence (PaLM appendix B, as in nanoGPT)."""

@@ -446,6 +446,65 @@ def test_msgdw_state_is_half_of_adamw():
     assert 2 * state_bytes['msgdw'] == state_bytes['adamw']
 
 
+@pytest.mark.parametrize('kind', ['gpt', 'vit-cls'])
+def test_muon_takes_the_blocks_matrices(kind):
+    model = make(kind, preset='dnt', bias=True)
+    lr, wd = 0.02, 0.1
+    opt = model.configure_optimizers('muon', lr, wd)
+    muon, adamw = opt.optimizers
+    assert type(muon) is torch.optim.Muon and type(adamw) is torch.optim.AdamW
+    hidden = [p for p in model.transformer.h.parameters() if p.dim() == 2]
+    rest = [p for p in model.parameters() if all(p is not h for h in hidden)]
+    assert sorted(param_ids(muon.param_groups[0]['params'])) == sorted(param_ids(hidden))
+    decay, no_decay = adamw.param_groups
+    assert sorted(param_ids(decay['params'])) == sorted(param_ids([p for p in rest if p.dim() >= 2]))
+    assert sorted(param_ids(no_decay['params'])) == sorted(param_ids([p for p in rest if p.dim() < 2]))
+    assert {id(p) for p in decay['params']} >= {id(model.transformer.wpe.weight)}  # embeddings stay with AdamW
+    assert (muon.param_groups[0]['weight_decay'], decay['weight_decay'], no_decay['weight_decay']) == (wd, wd, 0.0)
+    assert opt.param_groups == [*muon.param_groups, *adamw.param_groups]  # train.py's schedule reaches both
+    # one step: the hidden matrices get Muon's orthogonalized update, whose RMS is scaled to AdamW's (0.2)
+    before = [p.detach().clone() for p in hidden]
+    model(*batch(model, b=32))[1].backward()  # enough samples for full-rank gradients
+    opt.step()
+    for p, p0 in zip(hidden, before):
+        update = (p0 * (1 - lr * wd) - p.detach()) / lr
+        rms = update.pow(2).mean().sqrt().item()
+        assert 0.1 < rms < 0.3, rms
+    state = opt.state_dict()
+    fresh = make(kind, preset='dnt', bias=True).configure_optimizers('muon', lr, wd)
+    fresh.load_state_dict(state)
+    assert len(fresh.state) == len(opt.state) == len(list(model.parameters()))
+
+
+def test_muon_state_is_half_of_adamw_on_its_matrices():
+    model = make('gpt', preset='dnt')
+    opt = model.configure_optimizers('muon', 0.02, 0.1)
+    model(*batch(model))[1].backward()
+    opt.step()
+    muon, adamw = opt.optimizers
+    assert {k for st in muon.state.values() for k in st} == {'momentum_buffer'}
+    assert {k for st in adamw.state.values() for k in st} == {'step', 'exp_avg', 'exp_avg_sq'}
+
+
+@pytest.mark.parametrize('preset', ['standard', 'dnt'])
+def test_init_follows_nanogpt(preset):
+    """nanoGPT's rule: normal(0, 0.02); c_proj normal(0, 0.02 / sqrt(2 n_layer)) in the standard model."""
+    n_layer = 4
+    model = M.GPT(M.GPTConfig(n_layer=n_layer, n_head=4, n_embd=256, block_size=256, vocab_size=512, preset=preset, bias=True))
+    proj_std = 0.02 / math.sqrt(2 * n_layer) if preset == 'standard' else 0.02
+    for name, p in model.named_parameters():
+        if name.endswith('bias'):
+            assert torch.equal(p, torch.zeros_like(p)), name
+        elif p.dim() == 2:
+            std = proj_std if name.endswith('c_proj.weight') else 0.02
+            assert abs(p.mean().item()) < 0.05 * std, name
+            assert p.std().item() == pytest.approx(std, rel=0.02), name
+            # untruncated: a normal's 3-sigma tail holds 0.27% of the entries, a cut at 2 sigma none
+            assert (p.abs() > 3 * std).float().mean().item() == pytest.approx(0.0027, rel=0.3), name
+        else:
+            assert torch.equal(p, torch.ones_like(p)), name  # norm gains
+
+
 # ----------------------------------------------------------------------------------------
 # generate and crop_block_size
 

@@ -30,6 +30,7 @@ N = 10  # iterations per half of a resume test; also its eval_interval
 LM = {  # per optimizer: learning rate and dropout; learning_rate=1 (an int) checks int-for-float end to end
     'msgdw': dict(optimizer='msgdw', learning_rate=1, min_lr=0.1, dropout=0.1),
     'adamw': dict(optimizer='adamw', learning_rate=1e-2, min_lr=1e-3, dropout=0.0),
+    'muon': dict(optimizer='muon', learning_rate=1e-2, min_lr=1e-3, dropout=0.0),
 }
 CKPT_KEYS = {'model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config', 'rng'}
 
@@ -191,7 +192,8 @@ def test_resume_is_exact(lm_runs, opt):
     a, b = load_ckpt(d / 'straight'), load_ckpt(d / 'resumed')
     assert a['iter_num'] == b['iter_num'] == 2 * N
     assert_same_weights(a['model'], b['model'])
-    for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+    states = lambda sd: [st for o in (sd.values() if opt == 'muon' else [sd]) for st in o['state'].values()]
+    for sa, sb in zip(states(a['optimizer']), states(b['optimizer']), strict=True):
         for k in sa:
             torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-6)
     la, lb = read_log(d / 'straight'), read_log(d / 'resumed')

@@ -64,7 +64,7 @@ dropout = 0.0
 bias = False
 patch_size = 4  # ViT
 pool = 'cls'  # ViT: 'cls' or 'mean'
-# optimizer: 'msgdw' (momentum SGD, decoupled weight decay) or 'adamw'
+# optimizer: 'msgdw' (momentum SGD, decoupled weight decay), 'adamw', or 'muon' (Muon + AdamW, see model.py)
 optimizer = 'msgdw'
 learning_rate = 1.0
 weight_decay = 1e-4
