@@ -38,10 +38,10 @@ VISION = dict(n_layer=4, n_head=4, n_embd=128, patch_size=7, batch_size=128, cro
 COMMON = dict(compile=False, device='cpu', dtype='float32', grad_clip=1.0, dropout=0.0, gradient_accumulation_steps=1)
 SCALES = {
     'full': dict(lm=LM, vision=VISION, budgets=(400, 1500, 5000), sweep_budget=1500, vision_budgets=(1400,),
-                 seeds=3, long_seeds=2, max_extensions=3, ablation_lrs=3),
+                 first_lrs=3, seeds=3, long_seeds=2, max_extensions=3, ablation_lrs=3),
     'quick': dict(lm={**LM, **dict(n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=8, eval_interval=10, eval_iters=2)},
                   vision={**VISION, **dict(n_layer=1, n_embd=32, n_head=2, batch_size=16, eval_interval=10)},
-                  budgets=(20, 40), sweep_budget=20, vision_budgets=(20,), seeds=2, long_seeds=2, max_extensions=0, ablation_lrs=1),
+                  budgets=(10, 20), sweep_budget=10, vision_budgets=(10,), first_lrs=2, seeds=2, long_seeds=2, max_extensions=0, ablation_lrs=1),
 }
 LR_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0]  # half-decade steps
 FIRST_LRS = {'adamw': [1e-3, 3e-3, 1e-2], 'muon': [1e-3, 3e-3, 1e-2], 'msgdw': [0.03, 0.1, 0.3]}  # extended until bracketed
@@ -116,6 +116,7 @@ class Runner:
         self.out, self.results_path, self.data_dirs, self.train = out, results_path, data_dirs, train
         self.slots, self.lock, self.jobs = threading.Semaphore(jobs), threading.Lock(), jobs
         self.name_locks = {}  # one per run: a run asked for twice at once trains once
+        self.part = None  # recorded with each run this runner trains, for the wall time of each part
         self.report = {}
         if os.path.exists(results_path):
             with open(results_path) as f:
@@ -150,7 +151,9 @@ class Runner:
             diverged = code != 0 and 'loss is' in f.read()  # train.py stops on a NaN/Inf loss
         if code != 0 and not diverged:
             raise SystemExit(f"reproduce.py: {name} failed (exit {code}); see {out_dir}/train.log")
-        record = run_record(out_dir, args, diverged, wall_s)
+        if not diverged and not any(r['iter'] == args['max_iters'] and 'val_loss' in r for r in read_log(out_dir)):
+            raise SystemExit(f"reproduce.py: {name} stopped before its final eval (a signal?); run again to resume it")
+        record = {**run_record(out_dir, args, diverged, wall_s), 'part': self.part}
         with self.lock:
             self.runs[name] = record
             write_json(self.results_path, self.report)
@@ -242,7 +245,7 @@ def run_cell(runner, ctx, task, budget, preset, optimizer):
                         'weight_decay': WEIGHT_DECAY[optimizer]}, budget)
     sweep_budget = ctx['sweep_budget'][task]
     if budget <= sweep_budget:
-        lrs, best_lr = sweep(runner, base, 'learning_rate', FIRST_LRS[optimizer], scale['max_extensions'], LR_GRID)
+        lrs, best_lr = sweep(runner, base, 'learning_rate', FIRST_LRS[optimizer][:scale['first_lrs']], scale['max_extensions'], LR_GRID)
         n_seeds = scale['seeds']
     else:
         ref = run_cell(runner, ctx, task, sweep_budget, preset, optimizer)
@@ -365,6 +368,7 @@ def main():
     experiments = {'ladder': lambda: ladder(runner, ctx, 'lm', budgets), 'warmup': lambda: warmup_study(runner, ctx),
                    'ablation': lambda: ablation(runner, ctx), 'vision': lambda: ladder(runner, ctx, 'vision', vision_budgets)}
     for part in parts:
+        runner.part = {'ladder': f"ladder {','.join(map(str, budgets))}", 'vision': f"vision {','.join(map(str, vision_budgets))}"}.get(part, part)
         try:
             result = experiments[part]()
         except MissingRun as e:
@@ -374,9 +378,8 @@ def main():
     report['memory'] = memory_table()
     with runner.lock:
         write_json(runner.results_path, report)
-    import figures
-    figures.write_tables(report, results_dir)
-    figures.make_figures(report, results_dir)
+    write_tables(report, results_dir, args.jobs)
+    make_figures(report, results_dir)
     print(f"tables and figures in {results_dir}/")
 
 
