@@ -323,6 +323,239 @@ def memory_table():
     return table
 
 
+# ----------------------------------------------------------------------------------------
+# tables and figures
+
+CELL_NAMES = {'standard+adamw': 'standard + AdamW', 'dnt+adamw': 'DNT + AdamW', 'standard+msgdw': 'standard + mSGDW',
+              'dnt+msgdw': 'DNT + mSGDW', 'standard+muon': 'standard + Muon', 'dnt+muon': 'DNT + Muon'}
+COLORS = {'standard+adamw': 'tab:red', 'dnt+adamw': 'tab:blue', 'standard+msgdw': 'tab:orange', 'dnt+msgdw': 'tab:cyan',
+          'standard+muon': 'tab:brown', 'dnt+muon': 'tab:green'}
+
+
+def by_budget(cells):
+    """'1500/dnt+msgdw' -> {1500: {'dnt+msgdw': cell}}, budgets ascending."""
+    out = {}
+    for key, cell in cells.items():
+        budget, name = key.split('/')
+        out.setdefault(int(budget), {})[name] = cell
+    return dict(sorted(out.items()))
+
+
+def fmt(task, value, digits=3):
+    if value is None or not math.isfinite(value):
+        return 'diverged'
+    return f'{100 * value:.{digits - 2}f}%' if task == 'vision' else f'{value:.{digits}f}'
+
+
+def fmt_cell(task, c):
+    return f"{fmt(task, c['mean'])} ± {fmt(task, c['std'])}"
+
+
+def fmt_sweep(task, sweep):
+    return ', '.join(f'{v}: {fmt(task, m)}' for v, m in sweep.items())
+
+
+def cell_tables(task, cells, lines, unit):
+    """The cells x budgets table, then each budget's sweeps."""
+    budgets = by_budget(cells)
+    names = [f'{p}+{o}' for p, o in CELLS[task]]
+    metric_name = 'best val top-1' if task == 'vision' else 'best val loss'
+    lines += [f'| cell | ' + ' | '.join(f'{b:,} iters ({unit(b)})' for b in budgets) + ' |', '|---' * (len(budgets) + 1) + '|']
+    for name in names:
+        row = [f"{fmt_cell(task, c)} (n={len(c['per_seed'])}; lr {c['best_lr']:g}" + (f", wd {c['best_wd']:g})" if 'msgdw' in name else ')')
+               if (c := budgets[b].get(name)) else '' for b in budgets]
+        lines.append(f'| {CELL_NAMES[name]} | ' + ' | '.join(row) + ' |')
+    if task == 'lm' and all('standard+adamw' in cs for cs in budgets.values()):
+        lines += ['', '| gap to standard + AdamW (nats; + is worse) | ' + ' | '.join(f'{b:,}' for b in budgets) + ' |',
+                  '|---' * (len(budgets) + 1) + '|']
+        for name in names[1:]:
+            row = [f"{cs[name]['mean'] - cs['standard+adamw']['mean']:+.3f} ± {math.hypot(cs[name]['std'], cs['standard+adamw']['std']):.3f}"
+                   if name in cs else '' for cs in budgets.values()]
+            lines.append(f'| {CELL_NAMES[name]} | ' + ' | '.join(row) + ' |')
+    for b, cs in budgets.items():
+        lines += ['', f'Sweeps at {b:,} iterations ({metric_name}, seed {SEED}):', '']
+        for name, c in cs.items():
+            text = f"- {CELL_NAMES[name]}: lr {fmt_sweep(task, c['lr_sweep'])}"
+            if len(c['wd_sweep']) > 1:
+                text += f"; wd at lr {c['best_lr']:g}: {fmt_sweep(task, c['wd_sweep'])}"
+            lines.append(text + f"; seeds: {', '.join(fmt(task, v) for v in c['per_seed'])}")
+    lines.append('')
+
+
+def write_tables(report, results_dir, jobs):
+    summary, runs = report.get('summary', {}), report['runs']
+    lm_tokens = lambda b: f"{b * report['settings']['lm']['batch_size'] * report['settings']['lm']['block_size'] / 1e6:.2g}M tokens"
+    epochs = lambda b: f"{b * report['settings']['vision']['batch_size'] / TRAIN_IMAGES.get(report['settings']['scale'], math.nan):.2g} epochs"
+    lines = [f"# Results ({report['settings']['scale']} setting)", '',
+             'Every number is the best val metric over a run\'s evals; mean ± std over seeds (n). '
+             f"Warmup {WARMUP:.0%} of each run, cosine to lr/{1 / MIN_LR_RATIO:g}.", '']
+    if 'ladder' in summary:
+        lines += ['## Tiny Shakespeare char GPT: the budget ladder', '']
+        cell_tables('lm', summary['ladder'], lines, lm_tokens)
+    if 'warmup' in summary:
+        lines += ['## Warmup and momentum (best val loss, one seed, each cell at its best lr and wd)', '',
+                  '| cell | momentum | ' + ' | '.join(f'warmup {w:.0%}' for w in WARMUPS) + ' |', '|---|---|' + '---|' * len(WARMUPS)]
+        for cell, table in summary['warmup'].items():
+            for m in (MOMENTA if 'msgdw' in cell else MOMENTA[:1]):
+                row = [fmt('lm', table.get(f'{w:g}/{m:g}')) for w in WARMUPS]
+                lines.append(f"| {CELL_NAMES[cell]} | {m:g}{'' if 'msgdw' in cell else ' (β1)'} | " + ' | '.join(row) + ' |')
+        lines.append('')
+    if 'ablation' in summary:
+        lines += ['## Ablation, Tiny Shakespeare, mSGDW (one seed, each setting at its own best lr)', '',
+                  '| setting | best lr | best val loss | p99.9/median of abs(g), mid-run | kurtosis, mid-run | lr sweep |', '|---|---|---|---|---|---|']
+        for setting, a in summary['ablation'].items():
+            mid = a['grad_tail'][-1] if a['grad_tail'] else dict(p999_over_median=math.nan, kurtosis=math.nan)
+            lines.append(f"| {setting} | {a['best_lr']:g} | {fmt('lm', a['best_val_loss'])} | {mid['p999_over_median']:.1f} "
+                         f"| {mid['kurtosis']:.1f} | {fmt_sweep('lm', a['lr_sweep'])} |")
+        lines.append('')
+    if 'vision' in summary:
+        lines += ['## Fashion-MNIST ViT', '']
+        cell_tables('vision', summary['vision'], lines, epochs)
+    for task, part in (('lm', 'ladder'), ('vision', 'vision')):
+        if part not in summary:
+            continue
+        lines += [f'## Gradient tails, {task} (median over weight matrices; each cell\'s best run, seed {SEED})', '',
+                  '| budget | cell | iter | p99.9/median of abs(g) | kurtosis of g |', '|---|---|---|---|---|']
+        for b, cs in by_budget(summary[part]).items():
+            for name, c in cs.items():
+                for g in runs[c['runs'][0]]['grad_stats']:
+                    lines.append(f"| {b:,} | {CELL_NAMES[name]} | {g['iter']} | {g['p999_over_median']:.1f} | {g['kurtosis']:.1f} |")
+        lines.append('')
+    m = report['memory']
+    lines += ['## Optimizer state, GPT-2 124M (DNT, vocab 50304)', '', '| optimizer | state bytes | per parameter |', '|---|---|---|']
+    lines += [f"| {name} | {m[key]:,} | {m[key] / m['params']:.3g} |" for key, name in (('adamw', 'AdamW'), ('msgdw', 'mSGDW'), ('muon', 'Muon + AdamW'))]
+    parts = {}
+    for r in runs.values():
+        parts.setdefault(r.get('part', '?'), []).append(r['wall_s'])
+    lines += ['', f'## Wall time (this machine, {jobs} runs at a time)', '', f'| part | runs | run time, summed | wall, /{jobs} |', '|---|---|---|---|']
+    lines += [f'| {p} | {len(w)} | {sum(w) / 3600:.1f} h | {sum(w) / 3600 / jobs:.1f} h |' for p, w in parts.items()]
+    with open(os.path.join(results_dir, 'results.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+
+
+def make_figures(report, results_dir):
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no figures (pip install matplotlib)")
+        return
+    summary, runs, lm = report.get('summary', {}), report['runs'], report['settings']['lm']
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(os.path.join(results_dir, name), dpi=80)
+        plt.close(fig)
+
+    if 'ladder' in summary:
+        budgets = by_budget(summary['ladder'])
+        # (a) the gap to standard + AdamW against tokens seen, each point a full run with its own schedule
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name in [f'{p}+{o}' for p, o in CELLS['lm']][1:]:
+            pts = [(b * lm['batch_size'] * lm['block_size'], cs[name]['mean'] - cs['standard+adamw']['mean'],
+                    math.hypot(cs[name]['std'], cs['standard+adamw']['std'])) for b, cs in budgets.items()
+                   if name in cs and 'standard+adamw' in cs]
+            if pts:
+                x, y, e = zip(*pts)
+                ax.errorbar(x, y, yerr=e, marker='o', capsize=3, color=COLORS[name], label=CELL_NAMES[name])
+        ax.axhline(0, color=COLORS['standard+adamw'], ls='--', label='standard + AdamW')
+        ax.set(xscale='log', xlabel='tokens seen (one run per budget, each tuned)', ylabel='best val loss − standard + AdamW (nats)',
+               title='Tiny Shakespeare char GPT: gap to standard + AdamW (± seed std)')
+        ax.legend(fontsize=8)
+        save(fig, 'gap_vs_tokens.png')
+        # (b) val curves, mean over seeds with the seeds' range, at each budget above the smallest
+        shown = [b for b in budgets if b > min(budgets)] or list(budgets)
+        fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4.5), squeeze=False)
+        for ax, b in zip(axes[0], shown):
+            for name, c in budgets[b].items():
+                curves = [np.array([(it, loss) for it, loss, *_ in runs[r]['curve']]) for r in c['runs'] if not runs[r]['diverged']]
+                if not curves:
+                    continue
+                n = min(len(cv) for cv in curves)
+                its, ys = curves[0][:n, 0], np.stack([cv[:n, 1] for cv in curves])
+                ax.plot(its, ys.mean(0), color=COLORS[name], label=f"{CELL_NAMES[name]} (lr {c['best_lr']:g})")
+                ax.fill_between(its, ys.min(0), ys.max(0), color=COLORS[name], alpha=0.2)
+            lo = min(line.get_ydata().min() for line in ax.get_lines())
+            ax.set(xlabel='iteration', ylabel='val loss (mean, band: range over seeds)', title=f'{b:,} iterations',
+                   ylim=(lo - 0.02, min(ax.get_ylim()[1], lo + 0.8)))  # the early iterations would squash the rest
+            ax.legend(fontsize=8)
+        save(fig, 'curves.png')
+        # (c) the learning-rate basin of each cell at the sweep budget
+        sweep_budget = report['settings'].get('sweep_budget', max(budgets))
+        if sweep_budget in budgets:
+            fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+            cells = budgets[sweep_budget]
+            lo = min(m for c in cells.values() for m in c['lr_sweep'].values() if m is not None)
+            for ax, opt in zip(axes, ('adamw', 'msgdw', 'muon')):
+                for name, c in cells.items():
+                    if name.endswith(opt):
+                        lrs = [(float(v), m) for v, m in c['lr_sweep'].items()]
+                        ax.plot([v for v, _ in lrs], [m if m is not None else np.nan for _, m in lrs], 'o-', color=COLORS[name], label=CELL_NAMES[name])
+                        for v, m in lrs:
+                            if m is None or m > lo + 0.5:  # diverged or off the chart
+                                ax.plot(v, lo + 0.48, 'x', color=COLORS[name], ms=9)
+                ax.set(xscale='log', xlabel='peak learning rate', title=f'{opt} at {sweep_budget:,} iterations (x: diverged or above)',
+                       ylim=(lo - 0.02, lo + 0.5))
+                ax.legend(fontsize=8)
+            axes[0].set_ylabel(f'best val loss, seed {SEED}')
+            save(fig, 'lr_basin.png')
+        # gradient histograms: standard vs DNT under AdamW at the sweep budget, init and mid-run
+        cells = budgets.get(sweep_budget, {})
+        if 'standard+adamw' in cells and 'dnt+adamw' in cells:
+            kinds = ['all', 'attn_qkv', 'attn_out', 'mlp_in', 'mlp_out', 'embed']
+            fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+            edges = np.logspace(-12, 0, 49)
+            centers = np.sqrt(edges[1:] * edges[:-1])
+            for name in ('standard+adamw', 'dnt+adamw'):
+                stats = runs[cells[name]['runs'][0]]['grad_stats']
+                for n, g in enumerate(stats):
+                    for ax, kind in zip(axes.flat, kinds):
+                        counts = np.array(g['hist'].get(kind, [0] * 50), dtype=float)[1:-1]
+                        if counts.sum():
+                            ax.plot(centers, counts / counts.sum(), color=COLORS[name], alpha=0.35 + 0.65 * (n + 1) / len(stats),
+                                    label=f"{CELL_NAMES[name]} @ iter {g['iter']}")
+            for ax, kind in zip(axes.flat, kinds):
+                ax.set(xscale='log', xlabel='|g|', ylabel='fraction of entries', title=kind)
+            axes.flat[0].legend(fontsize=7)
+            fig.suptitle('gradient magnitudes, Tiny Shakespeare GPT trained with AdamW')
+            save(fig, 'grad_hist_lm.png')
+    if 'warmup' in summary:  # (d) warmup and momentum
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for cell, table in summary['warmup'].items():
+            for m in (MOMENTA if 'msgdw' in cell else MOMENTA[:1]):
+                ys = [table.get(f'{w:g}/{m:g}') for w in WARMUPS]
+                ax.plot([100 * w for w in WARMUPS], [y if y is not None else np.nan for y in ys], 'o-' if m == 0.9 else 's--',
+                        color=COLORS[cell], label=CELL_NAMES[cell] + (f', momentum {m:g}' if 'msgdw' in cell else ''))
+        ax.set(xscale='log', xlabel='warmup, % of the run', ylabel=f'best val loss, seed {SEED}',
+               title=f"warmup and momentum at {report['settings'].get('sweep_budget', '')} iterations")
+        ax.set_xticks([100 * w for w in WARMUPS], [f'{100 * w:g}' for w in WARMUPS])
+        ax.legend(fontsize=8)
+        save(fig, 'warmup.png')
+    if 'ablation' in summary:
+        ablation = summary['ablation']
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.barh(list(ablation), [a['best_val_loss'] for a in ablation.values()], color='tab:cyan')
+        for y, a in enumerate(ablation.values()):
+            ax.text(a['best_val_loss'], y, f" {a['best_val_loss']:.3f} (lr {a['best_lr']:g})", va='center', fontsize=8)
+        losses = [a['best_val_loss'] for a in ablation.values() if math.isfinite(a['best_val_loss'])]
+        ax.set(xlabel='best val loss (mSGDW, one seed)', xlim=(min(losses) - 0.05, max(losses) + 0.08))
+        ax.invert_yaxis()
+        save(fig, 'ablation.png')
+    if 'vision' in summary:
+        budgets = by_budget(summary['vision'])
+        fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4.5), squeeze=False)
+        for ax, (b, cs) in zip(axes[0], budgets.items()):
+            for name, c in cs.items():
+                for i, r in enumerate(c['runs']):
+                    curve = runs[r]['curve']
+                    ax.plot([it for it, *_ in curve], [100 * (acc or 0) for _, _, acc, *_ in curve], color=COLORS[name],
+                            alpha=1.0 if i == 0 else 0.4, label=f"{CELL_NAMES[name]} (lr {c['best_lr']:g})" if i == 0 else None)
+            ax.set(xlabel='iteration', ylabel='val top-1 (%)', title=f'Fashion-MNIST ViT, {b:,} iterations (all seeds)', ylim=(60, None))
+            ax.legend(fontsize=8)
+        save(fig, 'vision.png')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data_root', default=os.environ.get('NANODNT_DATA'), help='folder with tinyshakespeare/ and fashion_mnist/ (env NANODNT_DATA)')
@@ -363,6 +596,7 @@ def main():
                                    for task in ('lm', 'vision')})
     report = runner.report
     report['settings'] = dict(scale=scale_name, lm=scale['lm'], vision=scale['vision'], common=COMMON, warmup=WARMUP,
+                              sweep_budget=scale['sweep_budget'],
                               min_lr_ratio=MIN_LR_RATIO, seed=SEED)
     summary = report.setdefault('summary', {})
     experiments = {'ladder': lambda: ladder(runner, ctx, 'lm', budgets), 'warmup': lambda: warmup_study(runner, ctx),

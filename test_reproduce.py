@@ -1,5 +1,5 @@
-"""reproduce.py --quick end to end on data the test writes: sweeps, seeds, ablation, tables, figures, and
-that a second run reuses every finished run instead of training again."""
+"""reproduce.py --quick end to end on data the test writes: the ladder, sweeps, seeds, warmup study, ablation,
+vision, tables, figures, and that a second run reuses every recorded run instead of training again."""
 import json
 import os
 import subprocess
@@ -33,42 +33,77 @@ def quick(tmp_path_factory):
                 report=json.loads((results / 'results.json').read_text()))
 
 
-def test_every_cell_swept_and_seeded(quick):
-    for task in ('lm', 'vision'):
-        cells = quick['report'][task]['cells']
-        assert set(cells) == {'standard+adamw', 'dnt+adamw', 'standard+msgdw', 'dnt+msgdw'}
-        for name, cell in cells.items():
-            assert len(cell['lr_sweep']) >= 2
-            assert f"{cell['best_lr']:g}" in cell['lr_sweep']
+def test_ladder_cells_swept_and_seeded(quick):
+    summary, runs = quick['report']['summary'], quick['report']['runs']
+    for part, task, cells, budgets in (('ladder', 'lm', 6, (10, 20)), ('vision', 'vision', 4, (10,))):
+        assert {key.split('/')[0] for key in summary[part]} == {str(b) for b in budgets}
+        assert len(summary[part]) == cells * len(budgets)
+        for key, cell in summary[part].items():
+            budget, name = key.split('/')
+            assert f"{cell['best_lr']:g}" in cell['lr_sweep'] and len(cell['lr_sweep']) >= 2
             assert len(cell['per_seed']) == 2 and np.isfinite(cell['mean'])
-            if name.endswith('msgdw'):
-                assert len(cell['wd_sweep']) == 2
-            best = cell['wd_sweep'][f"{cell['best_wd']:g}"]  # the run at the best lr and weight decay
-            assert cell['per_seed'][0] == pytest.approx(best['best_val_acc' if task == 'vision' else 'best_val_loss'])
+            assert all(runs[r]['config']['max_iters'] == int(budget) for r in cell['runs'])
+            best = cell['wd_sweep'][f"{cell['best_wd']:g}"]  # the sweep's run at the best lr and weight decay
+            assert cell['per_seed'][0] == pytest.approx(best)
+            if name.endswith('msgdw') and int(budget) == 10:
+                assert len(cell['wd_sweep']) >= 3
+    # above the sweep budget: the sweep budget's best lr and its grid neighbours, at its weight decay
+    for name in ('dnt+msgdw', 'standard+adamw'):
+        short, long = summary['ladder'][f'10/{name}'], summary['ladder'][f'20/{name}']
+        assert f"{short['best_lr']:g}" in long['lr_sweep'] and len(long['lr_sweep']) in (2, 3)
+        assert long['best_wd'] == short['best_wd']
+
+
+def test_every_run_recorded_with_config_and_curve(quick):
+    runs = quick['report']['runs']
+    assert len(runs) > 50
+    for name, r in runs.items():
+        cfg = r['config']
+        assert cfg['warmup_iters'] == round(0.07 * cfg['max_iters']) or name.split('_wu')[1].split('_')[0] in ('0', '0.1', '0.2', '0.05')
+        assert r['curve'][-1][0] == cfg['max_iters'] and r['curve'][0][0] == 0
+        assert r['final_val_loss'] == r['curve'][-1][1] and r['best_val_loss'] == min(c[1] for c in r['curve'])
+        assert r['wall_s'] > 0 and r['part']
+
+
+def test_warmup_study(quick):
+    warmup = quick['report']['summary']['warmup']
+    assert set(warmup) == {'standard+adamw', 'dnt+adamw', 'standard+msgdw', 'dnt+msgdw'}
+    assert len(warmup['dnt+msgdw']) == 6 and len(warmup['dnt+adamw']) == 3
+    assert all(v is None or np.isfinite(v) for table in warmup.values() for v in table.values())
 
 
 def test_ablation_and_gradient_statistics(quick):
-    ablation = quick['report']['lm']['ablation']
+    ablation = quick['report']['summary']['ablation']
     assert len(ablation) == 6 and all(np.isfinite(a['best_val_loss']) for a in ablation.values())
-    for cell, tail in quick['report']['lm']['grad_tail'].items():
-        assert tail, cell  # grad_stats_interval logged something
-        assert all(t['p999_over_median'] >= 1 and t['kurtosis'] > 0 for t in tail.values())
+    for run in quick['report']['runs'].values():
+        assert [g['iter'] for g in run['grad_stats']] == [0, run['config']['max_iters'] // 2]
+        assert all(g['p999_over_median'] >= 1 and g['kurtosis'] > 0 for g in run['grad_stats'])
 
 
-def test_memory_table_counts_one_buffer_against_two(quick):
+def test_memory_table(quick):
     memory = quick['report']['memory']
     assert memory['msgdw'] == 4 * memory['params'] and memory['adamw'] == 2 * memory['msgdw']
+    assert memory['msgdw'] < memory['muon'] < memory['adamw']  # AdamW's two moments only for embeddings and vectors
 
 
 def test_tables_and_figures_written(quick):
     text = (quick['results'] / 'results.md').read_text()
-    for heading in ('Tiny Shakespeare', 'Fashion-MNIST', 'Ablation', 'Optimizer state'):
+    for heading in ('budget ladder', 'gap to standard + AdamW', 'Warmup and momentum', 'Ablation', 'Fashion-MNIST',
+                    'Optimizer state', 'Wall time'):
         assert heading in text
     pytest.importorskip('matplotlib')
-    for figure in ('curves.png', 'grad_hist_lm.png', 'grad_hist_vision.png', 'ablation.png'):
+    for figure in ('gap_vs_tokens.png', 'curves.png', 'lr_basin.png', 'warmup.png', 'grad_hist_lm.png', 'ablation.png', 'vision.png'):
         assert (quick['results'] / figure).stat().st_size > 1000
 
 
 def test_second_run_trains_nothing(quick):
     assert 'best val loss' in quick['first']
     assert 'best val loss' not in quick['second']  # every run was found finished and reused
+
+
+def test_tables_only_trains_nothing(tmp_path):
+    r = subprocess.run([sys.executable, 'reproduce.py', '--quick', '--tables_only', '--out', str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'not complete yet' in r.stdout and not (tmp_path / 'data').exists()
+    assert 'Optimizer state' in (tmp_path / 'results' / 'results.md').read_text()
