@@ -55,6 +55,9 @@ class TransformerConfig:
     final_norm: bool = True
 
     def __post_init__(self):
+        self.check_positive('n_layer', 'n_head', 'n_embd')
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if self.norm not in NORMS:
@@ -68,10 +71,19 @@ class TransformerConfig:
             if not isinstance(getattr(self, switch), bool):
                 raise ValueError(f"{switch} must be True or False, got {getattr(self, switch)!r}")
 
+    def check_positive(self, *names):
+        for name in names:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
 @dataclass
 class GPTConfig(TransformerConfig):
     block_size: int = 1024
     vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for speed
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_positive('block_size', 'vocab_size')
 
 @dataclass
 class ViTConfig(TransformerConfig):
@@ -83,6 +95,7 @@ class ViTConfig(TransformerConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self.check_positive('image_size', 'patch_size', 'in_chans', 'num_classes')
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
         if self.pool not in ('cls', 'mean'):
@@ -156,15 +169,27 @@ class SGDW(torch.optim.SGD):
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, nesterov=False, **kwargs):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, **kwargs)
-        for group in self.param_groups:  # SGD's own weight_decay is coupled (added to the gradient): keep it 0
-            group['decoupled_weight_decay'], group['weight_decay'] = group['weight_decay'], 0.0
+
+    def add_param_group(self, param_group):  # __init__ adds its groups through here too
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]  # SGD's own weight_decay is coupled (added to the gradient): keep it 0
+        group['decoupled_weight_decay'], group['weight_decay'] = group['weight_decay'], 0.0
 
     @torch.no_grad()
     def step(self, closure=None):
+        # GradScaler calls a fused SGD's step even when it skips the step, with found_inf = 1 (a device
+        # tensor, read without a sync); then the decay must be skipped too. Unfused, it skips step() itself.
+        skip = getattr(self, 'found_inf', None)
         for group in self.param_groups:
             params = [p for p in group['params'] if p.grad is not None]
+            if group['fused'] and group['momentum']:
+                # fused SGD leaves a new momentum buffer uninitialized (torch.empty) when its first step is
+                # skipped; a zero buffer gives the same first step (0 * momentum + g) and no garbage after a skip
+                for p in params:
+                    self.state[p].setdefault('momentum_buffer', torch.zeros_like(p))
             if params and group['decoupled_weight_decay']:
-                torch._foreach_mul_(params, 1 - group['lr'] * group['decoupled_weight_decay'])
+                decay = group['lr'] * group['decoupled_weight_decay']
+                torch._foreach_mul_(params, 1 - decay if skip is None else 1 - decay * (1 - skip))
         return super().step(closure)
 
 # ----------------------------------------------------------------------------------------

@@ -404,13 +404,14 @@ def test_configure_optimizers_unknown_name():
         make('gpt').configure_optimizers('sgd', 0.1, 0.0)
 
 
+@pytest.mark.parametrize('fused', [False, True])
 @pytest.mark.parametrize('nesterov', [False, True])
-def test_sgdw_step_by_hand(nesterov):
+def test_sgdw_step_by_hand(nesterov, fused):
     lr, wd, mu = 0.5, 0.1, 0.9
     g = torch.Generator().manual_seed(0)
     p0, g1, g2 = (torch.randn(3, 4, generator=g, dtype=torch.float64) for _ in range(3))
     p, frozen = nn.Parameter(p0.clone()), nn.Parameter(p0.clone())  # frozen never gets a gradient
-    opt = M.SGDW([p, frozen], lr=lr, momentum=mu, weight_decay=wd, nesterov=nesterov)
+    opt = M.SGDW([p, frozen], lr=lr, momentum=mu, weight_decay=wd, nesterov=nesterov, fused=fused)
     p.grad = g1.clone()
     opt.step()
     b1 = g1
@@ -423,6 +424,30 @@ def test_sgdw_step_by_hand(nesterov):
     torch.testing.assert_close(p.detach(), p2, rtol=1e-14, atol=1e-14)
     torch.testing.assert_close(opt.state[p]['momentum_buffer'], b2, rtol=1e-14, atol=1e-14)
     assert torch.equal(frozen.detach(), p0) and frozen not in opt.state  # like torch's SGD: no grad, no decay
+
+
+@pytest.mark.parametrize('fused', [False, True])  # unfused, GradScaler skips step(); fused, step() must skip itself
+def test_sgdw_skips_decay_on_steps_gradscaler_skips(fused):
+    lr, wd = 0.5, 0.1
+    p, q = nn.Parameter(torch.ones(2, 3)), nn.Parameter(torch.ones(3))
+    opt = M.SGDW([p], lr=lr, momentum=0.9, weight_decay=wd, fused=fused)
+    opt.add_param_group(dict(params=[q], weight_decay=2 * wd))  # its own decoupled decay
+    assert [g['decoupled_weight_decay'] for g in opt.param_groups] == [wd, 2 * wd]
+    assert [g['weight_decay'] for g in opt.param_groups] == [0.0, 0.0]  # never SGD's coupled decay
+    scaler = torch.amp.GradScaler('cpu', init_scale=4.0)
+
+    def step(p_grad, q_grad):  # gradients that backward() leaves, scaled
+        scaler.scale((p * p_grad).sum() + (q * q_grad).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+
+    step(float('inf'), 1.0)
+    assert scaler.get_scale() == 2.0  # the step was skipped...
+    assert torch.equal(p.detach(), torch.ones(2, 3)) and torch.equal(q.detach(), torch.ones(3))  # ...decay included
+    step(0.0, 0.0)  # a finite step: each group decays by its own lr * wd
+    torch.testing.assert_close(p.detach(), torch.full((2, 3), 1 - lr * wd), rtol=0, atol=1e-7)
+    torch.testing.assert_close(q.detach(), torch.full((3,), 1 - lr * 2 * wd), rtol=0, atol=1e-7)
 
 
 def test_msgdw_state_is_half_of_adamw():
@@ -613,6 +638,11 @@ def test_crop_block_size_updates_flops_per_sample():
     (M.GPTConfig, dict(preset='s6'), 'unknown preset'),
     (M.ViTConfig, dict(preset='DNT'), 'unknown preset'),
     (M.ViTConfig, dict(pool='max'), 'unknown pool'),
+    (M.GPTConfig, dict(n_head=0), 'n_head must be at least 1'),
+    (M.GPTConfig, dict(n_layer=-1), 'n_layer must be at least 1'),
+    (M.GPTConfig, dict(block_size=0), 'block_size must be at least 1'),
+    (M.ViTConfig, dict(patch_size=0), 'patch_size must be at least 1'),
+    (M.GPTConfig, dict(dropout=1.0), r'dropout must be in \[0, 1\)'),
 ])
 def test_bad_config_raises(cls, kw, match):
     with pytest.raises(ValueError, match=match):
