@@ -169,9 +169,35 @@ def local_or_fetch(fname, args):
         raise DataError(f"--input: {path} not found")
     return path
 
+DATASET_FILES = {'text': {'meta.json', 'train.bin', 'val.bin'},  # by meta['kind']: all that a dataset directory holds
+                 'image': {'meta.json', 'train_x.npy', 'train_y.npy', 'val_x.npy', 'val_y.npy'}}
+
+def check_replaceable(out_dir):
+    """Refuse an out_dir whose replacement would delete what this script did not write."""
+    real = os.path.realpath(out_dir)
+    if os.path.commonpath([real, os.path.realpath(os.getcwd())]) == real:
+        raise DataError(f"--out_dir {out_dir} is the working directory or one of its parents; give a new directory, e.g. data/NAME")
+    if not os.path.lexists(out_dir):
+        return
+    if os.path.islink(out_dir) or not os.path.isdir(out_dir):
+        raise DataError(f"--out_dir {out_dir} exists and is not a directory; give a new directory, e.g. data/NAME")
+    entries = set(os.listdir(out_dir))
+    try:
+        with open(os.path.join(out_dir, 'meta.json'), encoding='utf-8') as f:
+            kind = json.load(f).get('kind')
+    except (OSError, ValueError, AttributeError):  # missing, not JSON, not an object
+        kind = None
+    foreign = sorted(entries - DATASET_FILES.get(kind, set()))
+    if foreign:  # an empty directory or a dataset of ours is replaced; anything else is left alone
+        raise DataError(f"--out_dir {out_dir} holds files that are not a dataset written by prepare_data.py "
+                        f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); nothing was changed: "
+                        "give a new directory, or move those files away")
+
 @contextmanager
 def atomic_dir(out_dir):
-    """Yield a temporary sibling of out_dir that replaces out_dir only if the block succeeds."""
+    """Yield a temporary sibling of out_dir that replaces out_dir only if the block succeeds.
+    An existing out_dir is replaced only if it is empty or a dataset in this script's format."""
+    check_replaceable(out_dir)
     out_dir = os.path.abspath(out_dir)
     parent, name = os.path.split(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -197,6 +223,9 @@ def write_text(out, train_ids, val_ids, **meta):
     if meta['vocab_size'] > 65536:
         raise DataError(f"vocab_size {meta['vocab_size']} does not fit the uint16 token files")
     for split, ids in (('train', train_ids), ('val', val_ids)):
+        if len(ids) < 2:
+            raise DataError(f"the input is too small: its {split} split has {len(ids)} token(s), and the smallest "
+                            "block needs 2 (train.py needs block_size + 1 in each split); give a longer --input")
         np.asarray(ids, dtype=np.uint16).tofile(os.path.join(out, f'{split}.bin'))
     return dict(kind='text', **meta, train_tokens=len(train_ids), val_tokens=len(val_ids))
 
@@ -234,8 +263,12 @@ def write_images(out, train, val, class_names):
 # datasets
 
 def _shakespeare_text(args):
-    with open(local_or_fetch('tinyshakespeare.txt', args), encoding='utf-8', newline='') as f:
-        text = f.read()  # newline='': keep the text exactly as in the file
+    path = local_or_fetch('tinyshakespeare.txt', args)
+    try:
+        with open(path, encoding='utf-8', newline='') as f:
+            text = f.read()  # newline='': keep the text exactly as in the file
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); give a text file") from None
     n = int(0.9 * len(text))
     return text[:n], text[n:]
 
