@@ -17,7 +17,7 @@ from dataclasses import fields
 
 import torch
 
-from configurator import configure
+from configurator import ConfigError, configure
 from model import GPT, GPTConfig, ViT, ViTConfig
 
 # ----------------------------------------------------------------------------------------
@@ -69,7 +69,10 @@ gradient_accumulation_steps = augment = crop_padding = label_smoothing = None
 max_iters = decay_lr = warmup_iters = lr_decay_iters = min_lr = grad_stats_interval = None
 # ----------------------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
-globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:]))
+try:
+    globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:]))
+except ConfigError as e:
+    sys.exit(f"bench.py: error: {e}")
 config = {k: globals()[k] for k in config_keys}
 # ----------------------------------------------------------------------------------------
 

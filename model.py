@@ -19,6 +19,7 @@ Most weights then feed a norm, the loss is invariant to their scale, and momentu
 decoupled weight decay (mSGDW) trains the model with a single global learning rate.
 """
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -226,6 +227,25 @@ class MuonAdamW:
     def load_state_dict(self, state_dict):
         self.optimizers[0].load_state_dict(state_dict['muon'])
         self.optimizers[1].load_state_dict(state_dict['adamw'])
+
+# ----------------------------------------------------------------------------------------
+# checkpoints (written by train.py)
+
+def load_checkpoint(path, *keys):
+    """A train.py checkpoint, on the CPU (its RNG states must stay there), holding at least `keys` and
+    what sample.py needs. A missing, truncated or foreign file raises ValueError with a one-line message."""
+    if not os.path.isfile(path):
+        raise ValueError(f"no checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)  # weights_only: a file can't run code
+    except Exception as e:  # an empty, truncated or foreign file fails wherever its first bad byte is
+        reason = (str(e).strip().splitlines() or [''])[0][:200]
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {reason})") from None
+    needed = ('model', 'model_args', 'model_type', 'config', 'iter_num', *keys)
+    missing = [k for k in needed if k not in checkpoint] if isinstance(checkpoint, dict) else needed
+    if missing:
+        raise ValueError(f"{path} is not a checkpoint of train.py (it lacks {', '.join(missing)})")
+    return checkpoint
 
 # ----------------------------------------------------------------------------------------
 # the models: an embedding, the shared trunk, a head

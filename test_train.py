@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from configurator import configure
+from configurator import ConfigError, configure, given
 
 REPO = Path(__file__).resolve().parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}  # tiny tensors, shared CPUs
@@ -326,9 +326,9 @@ DEFAULTS = dict(learning_rate=1.0, max_iters=100, compile=True, dataset='openweb
 
 
 def config_error(argv):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(ConfigError) as e:
         configure(DEFAULTS, argv)
-    return str(e.value.code)
+    return str(e.value)
 
 
 def test_configurator_overrides(tmp_path):
@@ -364,3 +364,7 @@ def test_configurator_errors(tmp_path):
     f.write_text("max_iter = 5\n")
     msg = config_error([str(f)])
     assert str(f) in msg and "'max_iter'" in msg and 'did you mean max_iters' in msg
+    f.write_text("max_iters = (5\n")  # a config file is a program: one that does not run is a config error
+    assert str(f) in config_error([str(f)]) and 'SyntaxError' in config_error([str(f)])
+    f.write_text("max_iters = undefined_name\n")
+    assert 'NameError' in config_error([str(f)])

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import configure
-from model import GPT, GPTConfig, ViT, ViTConfig
+from configurator import ConfigError, given
+from model import GPT, GPTConfig, ViT, ViTConfig, load_checkpoint
 from prepare_data import load_images, load_meta
 
 # ----------------------------------------------------------------------------------------
@@ -33,9 +33,11 @@ out_dir = 'out'
 eval_interval = 1000
 log_interval = 10
 eval_iters = 200
-eval_only = False
+eval_only = False  # evaluate the model (resume: the checkpoint's) once, print, write nothing
 always_save_checkpoint = True  # else save only when val loss improves
-init_from = 'scratch'  # 'scratch' or 'resume'
+init_from = 'scratch'  # 'scratch' or 'resume' (the run in out_dir: its config, with the values given here changed)
+overwrite = False  # scratch: replace the run (ckpt.pt, log.jsonl) that out_dir already holds
+reset_optimizer = False  # resume: start a fresh optimizer state (the way to switch optimizer mid-run)
 wandb_log = False
 wandb_project = 'nanodnt'
 wandb_run_name = 'dnt_gpt2'
@@ -88,14 +90,78 @@ compile = True
 seed = 1337
 # ----------------------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
-globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:]))
-config = {k: globals()[k] for k in config_keys}  # the resolved run config, for logs and checkpoints
+defaults = {k: globals()[k] for k in config_keys}
 # ----------------------------------------------------------------------------------------
 
+
 def fail(message):
-    print(f"train.py: error: {message}", file=sys.stderr, flush=True)
+    print(f"train.py: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)  # always one line
     sys.exit(1)
 
+
+# Everything below is checked before out_dir is touched: a run that cannot start changes nothing there.
+try:
+    cli = given(defaults, sys.argv[1:])  # the keys set by config files and --key=value
+except ConfigError as e:
+    fail(e)
+config = {**defaults, **cli}
+if config['init_from'] not in ('scratch', 'resume'):
+    fail(f"unknown init_from {config['init_from']!r}; choose 'scratch' or 'resume'")
+ckpt_path = os.path.join(config['out_dir'], 'ckpt.pt')
+log_path = os.path.join(config['out_dir'], 'log.jsonl')
+if os.path.exists(config['out_dir']) and not os.path.isdir(config['out_dir']):
+    fail(f"out_dir {config['out_dir']} exists and is not a directory")
+checkpoint, overrides = None, {}
+if config['init_from'] == 'resume':
+    try:
+        checkpoint = load_checkpoint(ckpt_path, 'optimizer', 'scaler', 'rng', 'best_val_loss')
+    except ValueError as e:
+        fail(f"{e}; check --out_dir, or start a new run with --init_from=scratch")
+    # resume continues the stored run: its config, changed only where a value given here differs.
+    # The keys of this invocation (where it runs, what it does) never come from the checkpoint.
+    invocation = ('out_dir', 'init_from', 'eval_only', 'overwrite', 'reset_optimizer', 'device', 'dtype', 'compile')
+    stored = {k: v for k, v in checkpoint['config'].items() if k in defaults and k not in invocation}
+    overrides = {k: (stored[k], v) for k, v in cli.items() if k in stored and v != stored[k]}
+    config = {**defaults, **stored, **cli}
+elif os.path.exists(ckpt_path) and not config['eval_only'] and not config['overwrite']:
+    fail(f"{ckpt_path} holds an earlier run: continue it with --init_from=resume, replace it with --overwrite=True, "
+         "or give another --out_dir")
+globals().update(config)
+
+
+def check_config():
+    """The values the model config does not check itself (it raises ValueError for those)."""
+    at_least = dict(batch_size=1, gradient_accumulation_steps=1, eval_interval=1, log_interval=1, eval_iters=1,
+                    max_iters=0, warmup_iters=0, lr_decay_iters=0, grad_stats_interval=0, vocab_size=0, crop_padding=0,
+                    learning_rate=0, min_lr=0, weight_decay=0, grad_clip=0)
+    for key, low in at_least.items():
+        if config[key] < low:
+            fail(f"{key} must be at least {low}, got {config[key]}")
+    for key in ('momentum', 'beta1', 'beta2', 'label_smoothing'):
+        if not 0 <= config[key] < 1:
+            fail(f"{key} must be in [0, 1), got {config[key]}")
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        fail(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ('cpu', 'cuda'):
+        fail(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if kind == 'cuda' and not torch.cuda.is_available():
+        fail(f"device {device!r} asked, but torch sees no CUDA device here; use --device=cpu")
+    if decay_lr and min_lr > learning_rate:
+        fail(f"min_lr ({min_lr}) is above learning_rate ({learning_rate}): the schedule would rise; lower min_lr")
+    if checkpoint is not None and checkpoint['iter_num'] > max_iters:
+        fail(f"{ckpt_path} is at iter {checkpoint['iter_num']}, past max_iters ({max_iters}); raise max_iters to train on")
+
+
+check_config()
+if wandb_log and not eval_only:
+    try:
+        import wandb
+    except ImportError:
+        fail("wandb_log=True needs wandb: pip install wandb")
 
 # distributed setup: torchrun sets RANK, LOCAL_RANK, WORLD_SIZE
 ddp = int(os.environ.get('RANK', -1)) != -1
@@ -131,13 +197,23 @@ def log(*args):
 data_dir = config['data_dir'] = data_dir or os.path.join('data', dataset)  # recorded for sample.py
 try:
     meta = load_meta(data_dir)
-except FileNotFoundError as e:
+except (FileNotFoundError, ValueError) as e:
     fail(e)
 data_gen = torch.Generator().manual_seed(seed)
 eval_seed = seed + 1  # every eval draws the same batches, from its own generator
 
 if meta['kind'] == 'text':
     samples_per_iter = batch_size * block_size  # tokens per micro-step
+    for split in ('train', 'val'):
+        path = os.path.join(data_dir, f'{split}.bin')
+        n_tokens = os.path.getsize(path) // 2 if os.path.isfile(path) else 0
+        if n_tokens <= block_size:
+            fail(f"{path} holds {n_tokens} tokens; block_size {block_size} needs at least {block_size + 1}: "
+                 "lower --block_size or prepare more data")
+        top = int(np.memmap(path, dtype=np.uint16, mode='r').max())  # one pass over the file: seconds for OpenWebText
+        if top >= meta['vocab_size']:
+            fail(f"{path} holds token id {top}, outside the dataset's vocabulary (vocab_size {meta['vocab_size']} "
+                 "in meta.json); prepare the dataset again")
 
     def get_batches(split, n_total, rows, gen):
         # a fresh memmap per call: a long-lived one keeps every page it touched (nanoGPT does the same)
@@ -153,9 +229,17 @@ if meta['kind'] == 'text':
         return batches
 else:
     samples_per_iter = batch_size  # images per micro-step
-    images = {split: load_images(data_dir, split) for split in ('train', 'val')}
-    images = {split: (torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device),  # (N, H, W, C) -> (N, C, H, W)
-                      torch.from_numpy(y).to(device)) for split, (x, y) in images.items()}
+    images = {}
+    for split in ('train', 'val'):
+        try:
+            x, y = load_images(data_dir, split)
+        except (OSError, ValueError) as e:
+            fail(f"cannot read the {split} images of {data_dir} ({e}); prepare the dataset again")
+        if len(x) == 0 or list(x.shape[1:]) != meta['shape'] or y.shape != (len(x),) or not 0 <= y.min() <= y.max() < meta['num_classes']:
+            fail(f"the {split} images of {data_dir} do not match its meta.json (none, another shape than {meta['shape']}, "
+                 f"or labels outside 0..{meta['num_classes'] - 1}); prepare the dataset again")
+        images[split] = (torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device),  # (N, H, W, C) -> (N, C, H, W)
+                         torch.from_numpy(y).to(device))
     channel_mean = torch.tensor(meta['mean'], device=device).view(1, -1, 1, 1)
     channel_std = torch.tensor(meta['std'], device=device).view(1, -1, 1, 1)
 
@@ -205,24 +289,20 @@ except ValueError as e:
 model_args = asdict(model_config)  # resolved: the preset's switches filled in
 model = Model(model_config).to(device)
 
-ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-iter_num, best_val_loss, checkpoint = 0, float('inf'), None
-if decay_lr and min_lr > learning_rate:
-    fail(f"min_lr ({min_lr}) is above learning_rate ({learning_rate}): the schedule would rise; lower min_lr")
-if init_from == 'resume':
-    if not os.path.exists(ckpt_path):
-        fail(f"no checkpoint at {ckpt_path} to resume from; check --out_dir or start with --init_from=scratch")
-    checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)  # RNG states must stay on the CPU
+iter_num, best_val_loss, evaluated = 0, float('inf'), False  # evaluated: the eval of iter_num has run
+if checkpoint is not None:
     # the resolved switches are compared, not the preset's name; dropout may change between runs
     changed = {k: (v, model_args.get(k)) for k, v in checkpoint['model_args'].items()
                if model_args.get(k) != v and k not in ('preset', 'dropout')}
     if changed:
         fail(f"{ckpt_path} holds a different model: " + ', '.join(f"{k}={a!r} there, {b!r} asked" for k, (a, b) in changed.items())
              + "; use the checkpoint's settings or another --out_dir")
-    model.load_state_dict(checkpoint['model'])
+    try:
+        model.load_state_dict(checkpoint['model'])
+    except RuntimeError as e:
+        fail(f"{ckpt_path}: its weights do not fit its model_args ({str(e).splitlines()[0]})")
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
-elif init_from != 'scratch':
-    fail(f"unknown init_from '{init_from}'; choose 'scratch' or 'resume'")
+    evaluated = checkpoint.get('evaluated', True)  # checkpoints before this flag: saved only after an eval
 
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 try:
@@ -230,14 +310,31 @@ try:
 except ValueError as e:
     fail(e)
 if checkpoint is not None:
-    opt.load_state_dict(checkpoint['optimizer'])
-    scaler.load_state_dict(checkpoint['scaler'])
+    stored_optimizer = checkpoint['config'].get('optimizer')
+    if reset_optimizer:
+        log(f"resume: a fresh {optimizer} optimizer state (reset_optimizer=True)")
+    elif optimizer != stored_optimizer:
+        fail(f"{ckpt_path} was trained with optimizer={stored_optimizer!r}, and its state does not fit {optimizer!r}; "
+             f"resume with --optimizer={stored_optimizer}, or add --reset_optimizer=True to start {optimizer} from a fresh state")
+    else:
+        # the hyperparameters of this run's config, not the checkpoint's: a value given anew (say weight_decay) takes
+        # effect. The implementation flags stay the checkpoint's: its state tensors were laid out for them.
+        hyper = [{k: v for k, v in group.items() if k not in ('params', 'fused', 'foreach', 'capturable', 'differentiable')}
+                 for group in opt.param_groups]
+        try:
+            opt.load_state_dict(checkpoint['optimizer'])
+        except (KeyError, ValueError, RuntimeError) as e:
+            fail(f"{ckpt_path}: its optimizer state does not fit this model ({type(e).__name__}: {e}); "
+                 "--reset_optimizer=True starts a fresh one")
+        for group, h in zip(opt.param_groups, hyper):
+            group.update(h)
+    if checkpoint['scaler']:  # empty from a run without float16
+        scaler.load_state_dict(checkpoint['scaler'])
     data_gen.set_state(checkpoint['rng']['data'])
     if checkpoint['rng']['world_size'] == world_size:  # else dropout just continues from fresh seeds
         torch.set_rng_state(checkpoint['rng']['cpu'][rank])
         if device_type == 'cuda':
             torch.cuda.set_rng_state(checkpoint['rng']['cuda'][rank])
-    checkpoint = None  # free the memory
 
 raw_model = model
 if compile:
@@ -336,6 +433,8 @@ def grad_stats():
 # checkpoints and logs
 
 def save_checkpoint():
+    """Save the state after iteration iter_num; `evaluated` says whether that iteration's eval has run,
+    `log_bytes` how much of log.jsonl belongs to it (a resume cuts what a killed run wrote after)."""
     # every process's RNG state, so that resuming on the same number of processes continues exactly
     rng = dict(data=data_gen.get_state(), world_size=world_size, cpu=[torch.get_rng_state()],
                cuda=[torch.cuda.get_rng_state()] if device_type == 'cuda' else [])
@@ -348,13 +447,11 @@ def save_checkpoint():
         return
     checkpoint = dict(model=raw_model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
                       model_args=model_args, model_type=meta['kind'], iter_num=iter_num,
-                      best_val_loss=best_val_loss, config=config, rng=rng)
+                      best_val_loss=best_val_loss, config=config, rng=rng, evaluated=evaluated,
+                      log_bytes=os.path.getsize(log_path) if os.path.exists(log_path) else 0)
     torch.save(checkpoint, ckpt_path + '.tmp')
     os.replace(ckpt_path + '.tmp', ckpt_path)  # atomic: a crash mid-write keeps the previous checkpoint
     log(f"saved checkpoint to {ckpt_path}")
-
-
-log_path = os.path.join(out_dir, 'log.jsonl')
 
 
 def write_log(record):
@@ -365,18 +462,29 @@ def write_log(record):
             wandb.log(record, step=record['iter'])
 
 
+# every input is checked: from here on out_dir is written (never under eval_only)
 if master_process:
-    os.makedirs(out_dir, exist_ok=True)
     log(json.dumps(config, indent=1))
+    for key, (old, new) in overrides.items():
+        log(f"resume: {key} = {new!r} (the checkpoint's run had {old!r})")
+if master_process and not eval_only:
+    os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, 'config.json'), 'w') as f:
         json.dump(config, f, indent=1)
-    if init_from == 'scratch' and os.path.exists(log_path):
-        os.remove(log_path)  # a fresh run starts a fresh log
+    if checkpoint is None:  # a fresh run starts a fresh log (and with overwrite=True, without the old checkpoint)
+        for path in (log_path, ckpt_path):
+            if os.path.exists(path):
+                os.remove(path)
+    else:  # drop what a killed run logged after its checkpoint: the resumed run logs those iterations again
+        if os.path.exists(log_path) and os.path.getsize(log_path) > checkpoint.get('log_bytes', math.inf):
+            os.truncate(log_path, checkpoint['log_bytes'])
+        write_log(dict(iter=iter_num, resume={k: dict(checkpoint=old, now=new) for k, (old, new) in overrides.items()}))
+checkpoint = None  # free the memory
+if master_process:
     log(f"{Model.__name__} with {raw_model.get_num_params() / 1e6:.2f}M parameters; {world_size} process(es), "
         f"{accum_steps} micro-steps of {batch_size} each, {samples_per_iter * accum_steps * world_size:,} "
         f"{'tokens' if meta['kind'] == 'text' else 'images'} per iteration")
-    if wandb_log:
-        import wandb
+    if wandb_log and not eval_only:
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
 # SIGTERM (cluster preemption) or SIGINT: finish the step, save, exit 0. A second SIGINT kills.
@@ -396,22 +504,24 @@ signal.signal(signal.SIGINT, request_stop)
 
 t0 = time.time()
 running_mfu = -1.0
-resumed_at = iter_num if init_from == 'resume' and not eval_only else None  # evaluated and saved before
 while True:
     lr = get_lr(iter_num)
     for group in opt.param_groups:
         group['lr'] = lr
 
-    if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num != resumed_at:
+    if eval_only or ((iter_num % eval_interval == 0 or iter_num == max_iters) and not evaluated):
         losses = evaluate()
         log(f"step {iter_num}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+        if eval_only:
+            break
         write_log(dict(iter=iter_num, lr=lr, **losses))
+        evaluated = True
         if not math.isfinite(losses['val_loss']):
             fail(f"val loss is {losses['val_loss']} at iter {iter_num}; not saving. {diverged_hint()}")
         if iter_num > 0 and (losses['val_loss'] < best_val_loss or always_save_checkpoint):
             best_val_loss = min(best_val_loss, losses['val_loss'])
             save_checkpoint()
-    if eval_only or iter_num >= max_iters:
+    if iter_num >= max_iters:
         break
 
     # forward, backward, update; sync gradients across processes on the last micro-step only
@@ -434,6 +544,7 @@ while True:
     scaler.update()
     opt.zero_grad(set_to_none=True)
     iter_num += 1
+    evaluated = False
 
     # one small all-reduce per iteration: every process sees the same mean loss and stop request
     status = all_reduce_sum(torch.stack([loss_sum.float(), torch.tensor(float(bool(stop_signal)), device=device)]))
