@@ -11,6 +11,8 @@ import ast
 import difflib
 import types
 
+import torch
+
 
 class ConfigError(ValueError):
     """A bad config file or --key=value."""
@@ -28,6 +30,18 @@ def _check(defaults, key, value, source):
         return float(value)
     raise ConfigError(f"{source}: {key} must be a {type(default).__name__} like {default!r}, "
                      f"got {value!r} ({type(value).__name__})")
+
+
+def check_device(device):
+    """A device train.py and sample.py can run on, here."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ('cpu', 'cuda'):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if kind == 'cuda' and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked, but torch sees no CUDA device here; use --device=cpu")
 
 
 def given(defaults, argv):

@@ -12,13 +12,19 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, ViT, ViTConfig
+from configurator import ConfigError, check_device
+from model import GPT, GPTConfig, ViT, ViTConfig, load_checkpoint
 from data import get_tokenizer, load_images, load_meta
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, as every error here (argparse would print the usage too)
+        sys.exit(f"sample.py: error: {message}")
 
 
 def parse_args(argv):
     cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser(description="Sample text from a GPT checkpoint, or evaluate a ViT checkpoint on val.")
+    p = Parser(description="Sample text from a GPT checkpoint, or evaluate a ViT checkpoint on val.")
     p.add_argument('--out_dir', default='out', help="directory holding ckpt.pt")
     p.add_argument('--start', default="\n", help="the prompt, or FILE:path to read it from a file")
     p.add_argument('--num_samples', type=int, default=10)
@@ -38,19 +44,30 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     fail = lambda message: sys.exit(f"sample.py: error: {message}")
+    for name, low in (('num_samples', 1), ('max_new_tokens', 1), ('top_k', 0), ('batch_size', 1)):
+        if getattr(args, name) < low:
+            fail(f"--{name} must be at least {low}, got {getattr(args, name)}")
+    try:
+        check_device(args.device)
+    except ConfigError as e:
+        fail(e)
     torch.manual_seed(args.seed)
     device_type = 'cuda' if args.device.startswith('cuda') else 'cpu'
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[args.dtype]
     ctx = nullcontext() if args.dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 
     ckpt_path = os.path.join(args.out_dir, 'ckpt.pt')
-    if not os.path.isfile(ckpt_path):
-        fail(f"no checkpoint at {ckpt_path}; train a model first (python train.py ...) or check --out_dir")
-    checkpoint = torch.load(ckpt_path, map_location=args.device, weights_only=True)
+    try:
+        checkpoint = load_checkpoint(ckpt_path)
+    except ValueError as e:
+        fail(f"{e}; train a model first (python train.py ...) or check --out_dir")
     is_text = checkpoint['model_type'] == 'text'
     ModelConfig, Model = (GPTConfig, GPT) if is_text else (ViTConfig, ViT)
-    model = Model(ModelConfig(**checkpoint['model_args']))
-    model.load_state_dict(checkpoint['model'])
+    try:
+        model = Model(ModelConfig(**checkpoint['model_args']))
+        model.load_state_dict(checkpoint['model'])
+    except (TypeError, ValueError, RuntimeError) as e:
+        fail(f"{ckpt_path}: its weights do not fit its model_args ({type(e).__name__}: {str(e).splitlines()[0]})")
     model.eval().to(args.device)
     config = checkpoint['config']
     data_dir = args.data_dir or config.get('data_dir') or os.path.join('data', config['dataset'])

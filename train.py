@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import ConfigError, given
+from configurator import ConfigError, check_device, given
 from data import DataError, ImageData, TextData, load_meta
 from model import GPT, GPTConfig, ViT, ViTConfig, load_checkpoint
 
@@ -115,7 +115,7 @@ if config['init_from'] == 'resume':
     try:
         checkpoint = load_checkpoint(ckpt_path, 'optimizer', 'scaler', 'rng', 'best_val_loss')
     except ValueError as e:
-        fail(f"{e}; check --out_dir, or start a new run with --init_from=scratch")
+        fail(f"{e}; check --out_dir, or start a new run there with --init_from=scratch (--overwrite=True replaces a ckpt.pt)")
     # resume continues the stored run: its config, changed only where a value given here differs.
     # The keys of this invocation (where it runs, what it does) never come from the checkpoint.
     invocation = ('out_dir', 'init_from', 'eval_only', 'overwrite', 'reset_optimizer', 'device', 'dtype', 'compile')
@@ -142,13 +142,9 @@ def check_config():
     if dtype not in ('float32', 'bfloat16', 'float16'):
         fail(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
     try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        kind = None
-    if kind not in ('cpu', 'cuda'):
-        fail(f"unknown device {device!r}; use cpu, cuda or cuda:N")
-    if kind == 'cuda' and not torch.cuda.is_available():
-        fail(f"device {device!r} asked, but torch sees no CUDA device here; use --device=cpu")
+        check_device(device)
+    except ConfigError as e:
+        fail(e)
     if decay_lr and min_lr > learning_rate:
         fail(f"min_lr ({min_lr}) is above learning_rate ({learning_rate}): the schedule would rise; lower min_lr")
     if checkpoint is not None and checkpoint['iter_num'] > max_iters:
