@@ -51,6 +51,15 @@ def train(out_dir, data_dir, *extra, torchrun=False, check=True, timeout=300, **
     return r
 
 
+def resume(out_dir, *extra, check=True):
+    """Resume the run in out_dir giving only where it runs (and `extra`): the rest comes from its checkpoint."""
+    r = subprocess.run([sys.executable, 'train.py', '--init_from=resume', arg('out_dir', str(out_dir)), '--device=cpu',
+                        '--dtype=float32', '--compile=False', *extra], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    if check:
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r
+
+
 def prepare(*args):
     r = subprocess.run([sys.executable, 'prepare_data.py', *map(str, args)], cwd=REPO, env=ENV,
                        capture_output=True, text=True, timeout=120)
@@ -117,7 +126,8 @@ def image_data(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def lm_runs(tmp_path_factory, text_data):
-    """Per optimizer, made once: 2N steps straight; N steps (kept as `half`) then resumed to 2N."""
+    """Per optimizer, made once: 2N steps straight; N steps (kept as `half`) then resumed to 2N, giving only
+    max_iters (the checkpoint's config differs from train.py's defaults in model, data, batch and lr)."""
     cache = {}
 
     def get(opt):
@@ -127,7 +137,7 @@ def lm_runs(tmp_path_factory, text_data):
             train(d / 'straight', text_data, max_iters=2 * N, **cfg)
             train(d / 'resumed', text_data, max_iters=N, **cfg)
             shutil.copytree(d / 'resumed', d / 'half')  # a good checkpoint at iter N, for other tests to copy
-            train(d / 'resumed', text_data, '--init_from=resume', max_iters=2 * N, **cfg)
+            resume(d / 'resumed', f'--max_iters={2 * N}')
             cache[opt] = d
         return cache[opt]
 
@@ -198,6 +208,10 @@ def test_resume_is_exact(lm_runs, opt):
             torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-6)
     la, lb = read_log(d / 'straight'), read_log(d / 'resumed')
     assert train_losses(la) == train_losses(lb)  # the resumed log continues the first half's, loss for loss
+    ca, cb = (json.loads((d / run / 'config.json').read_text()) for run in ('straight', 'resumed'))
+    invocation = dict(out_dir='', init_from='')
+    assert {**ca, **invocation} == {**cb, **invocation}  # the stored run's config, with max_iters as given
+    assert [r['resume'] for r in lb if 'resume' in r] == [{'max_iters': {'checkpoint': N, 'now': 2 * N}}]
     assert val_losses(la)[-1] == val_losses(lb)[-1]
     assert a['best_val_loss'] == b['best_val_loss']
 
@@ -256,6 +270,147 @@ def test_missing_data_dir(tmp_path):
 def test_resume_without_checkpoint(text_data, tmp_path):
     r = train(tmp_path, text_data, '--init_from=resume', check=False)
     assert_clean_error(r, 'train.py: error: ', 'no checkpoint', str(tmp_path / 'ckpt.pt'))
+
+
+def snapshot(*dirs):
+    """Every path under dirs with its bytes (None for a directory): equal snapshots, nothing changed."""
+    return {str(p): p.read_bytes() if p.is_file() else None for d in dirs for p in sorted(Path(d).rglob('*'))}
+
+
+def assert_one_line_error(r, *words):
+    assert r.returncode == 1, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('train.py: error: '), r.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+@pytest.fixture(scope='module')
+def bad_data(tmp_path_factory, text_data):
+    """Broken copies of text_data, by name."""
+    root, out = tmp_path_factory.mktemp('bad_data'), {}
+    for name in ('short_train', 'bad_ids', 'empty'):
+        d = out[name] = Path(shutil.copytree(text_data, root / name))
+        train_ids = np.fromfile(d / 'train.bin', dtype=np.uint16)
+        if name == 'short_train':
+            train_ids[:10].tofile(d / 'train.bin')
+        elif name == 'bad_ids':
+            train_ids[100] = 60000
+            train_ids.tofile(d / 'train.bin')
+        else:
+            for split in ('train', 'val'):
+                (d / f'{split}.bin').write_bytes(b'')
+    return out
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+SCRATCH = ['--init_from=scratch', '--overwrite=True']  # a check that came too late would wipe the run
+RESUME = ['--init_from=resume']
+BAD_INPUTS = [  # (case, arguments, words of the message); every case runs on a copy of a run with a checkpoint
+    ('batch_size=0', SCRATCH + ['--batch_size=0'], ['batch_size must be at least 1, got 0']),
+    ('batch_size=-1', SCRATCH + ['--batch_size=-1'], ['batch_size must be at least 1, got -1']),
+    ('gradient_accumulation_steps=0', SCRATCH + ['--gradient_accumulation_steps=0'], ['gradient_accumulation_steps must be at least 1']),
+    ('eval_interval=0', SCRATCH + ['--eval_interval=0'], ['eval_interval must be at least 1']),
+    ('eval_iters=0', SCRATCH + ['--eval_iters=0'], ['eval_iters must be at least 1']),
+    ('log_interval=0', SCRATCH + ['--log_interval=0'], ['log_interval must be at least 1']),
+    ('n_head=0', SCRATCH + ['--n_head=0'], ['n_head must be at least 1']),
+    ('device=cuda', SCRATCH + ['--device=cuda'], ['no CUDA device', '--device=cpu']),
+    ('device=gpu', SCRATCH + ['--device=gpu'], ["unknown device 'gpu'"]),
+    ('dtype=float64', SCRATCH + ['--dtype=float64'], ["unknown dtype 'float64'"]),
+    ('dtype=fp16', SCRATCH + ['--dtype=fp16'], ["unknown dtype 'fp16'"]),
+    ('config file with a syntax error', SCRATCH + ['BAD_CONFIG'], ['does not run', 'SyntaxError']),
+    ('block_size longer than the data', SCRATCH + ['--block_size=100000'], ['.bin holds', 'block_size 100000 needs at least 100001']),
+    ('train.bin too short', SCRATCH + ['DATA=short_train'], ['train.bin holds 10 tokens', 'block_size 16 needs at least 17']),
+    ('token ids outside the vocabulary', SCRATCH + ['DATA=bad_ids'], ['token id 60000', 'outside the vocabulary']),
+    ('empty dataset', SCRATCH + ['DATA=empty'], ['train.bin holds 0 tokens']),
+    ('unknown init_from', ['--init_from=gpt3'], ["unknown init_from 'gpt3'"]),
+    ('scratch over a checkpoint', ['--init_from=scratch'], ['holds an earlier run', '--init_from=resume', '--overwrite=True']),
+    ('out_dir is a file', SCRATCH + ['OUT=config.json'], ['exists and is not a directory']),
+    ('min_lr above learning_rate', SCRATCH + ['--learning_rate=1e-3'], ['min_lr (0.1) is above learning_rate (0.001)']),
+    ('checkpoint corrupted', RESUME + ['CKPT=corrupted'], ['not a readable checkpoint']),
+    ('checkpoint truncated', RESUME + ['CKPT=truncated'], ['not a readable checkpoint']),
+    ('checkpoint empty', RESUME + ['CKPT=empty'], ['not a readable checkpoint']),
+    ('resume past max_iters', RESUME + [f'--max_iters={N - 1}'], [f'is at iter {N}, past max_iters ({N - 1})']),
+    ('resume with another model', RESUME + ['--n_layer=2'], ['n_layer=1 there, 2 asked']),
+]
+
+
+@pytest.mark.parametrize('case, args, words', [pytest.param(*c, id=c[0], marks=NO_CUDA if c[0] == 'device=cuda' else ())
+                                                for c in BAD_INPUTS])
+def test_bad_input_changes_nothing(lm_runs, text_data, bad_data, tmp_path, case, args, words):
+    out, data = good_run_copy(lm_runs, tmp_path / 'out'), text_data
+    argv = []
+    for a in args:
+        kind, _, value = a.partition('=')
+        if kind == 'DATA':
+            data = bad_data[value]
+        elif kind == 'OUT':
+            out = out / value
+        elif kind == 'CKPT':
+            ckpt = tmp_path / 'out' / 'ckpt.pt'
+            good = ckpt.read_bytes()
+            ckpt.write_bytes({'corrupted': b'\x00' * 64 + good[64:], 'truncated': good[:len(good) // 2], 'empty': b''}[value])
+        elif kind == 'BAD_CONFIG':
+            (tmp_path / 'bad_config.py').write_text("batch_size = (8\n")
+            argv.append(str(tmp_path / 'bad_config.py'))
+        else:
+            argv.append(a)
+    before = snapshot(tmp_path / 'out', data)
+    r = train(out, data, *argv, check=False, max_iters=2 * N, eval_interval=N, **LM['msgdw'])
+    assert_one_line_error(r, *words)
+    assert snapshot(tmp_path / 'out', data) == before
+
+
+@pytest.mark.parametrize('old, new', [('msgdw', 'adamw'), ('adamw', 'muon'), ('muon', 'msgdw')])
+def test_resume_with_another_optimizer_is_refused(lm_runs, tmp_path, old, new):
+    out = Path(shutil.copytree(lm_runs(old) / 'half', tmp_path / 'out'))
+    before = snapshot(out)
+    r = resume(out, f'--optimizer={new}', f'--max_iters={N + 1}', check=False)
+    assert_one_line_error(r, f"optimizer='{old}'", f"--optimizer={old}", '--reset_optimizer=True')
+    assert snapshot(out) == before
+
+
+def test_resume_with_a_fresh_optimizer_state(lm_runs, tmp_path):
+    out = Path(shutil.copytree(lm_runs('msgdw') / 'half', tmp_path / 'out'))
+    r = resume(out, '--optimizer=muon', '--reset_optimizer=True', '--learning_rate=1e-2', '--min_lr=1e-3', f'--max_iters={N + 2}')
+    assert 'a fresh muon optimizer state' in r.stdout and "resume: optimizer = 'muon' (the checkpoint's run had 'msgdw')" in r.stdout
+    ckpt = load_ckpt(out)
+    assert ckpt['iter_num'] == N + 2 and ckpt['optimizer'].keys() == {'muon', 'adamw'} and ckpt['config']['optimizer'] == 'muon'
+    adamw_steps = lambda ckpt: {int(st['step']) for st in ckpt['optimizer']['adamw']['state'].values()}
+    assert adamw_steps(ckpt) == {2}  # AdamW's step counters began at the resume
+    resume(out, f'--max_iters={N + 3}')  # reset_optimizer is not taken from the checkpoint: this one continues the state
+    assert adamw_steps(load_ckpt(out)) == {3}
+
+
+@pytest.mark.parametrize('opt', LM)
+def test_resume_optimizer_hyperparameters_given_anew_take_effect(lm_runs, tmp_path, opt):
+    out = Path(shutil.copytree(lm_runs(opt) / 'half', tmp_path / 'out'))
+    r = resume(out, '--weight_decay=0.5', f'--max_iters={N + 1}')
+    assert "resume: weight_decay = 0.5 (the checkpoint's run had 0.0001)" in r.stdout
+    ckpt = load_ckpt(out)
+    groups = [g for sd in (ckpt['optimizer'].values() if opt == 'muon' else [ckpt['optimizer']]) for g in sd['param_groups']]
+    key = 'decoupled_weight_decay' if opt == 'msgdw' else 'weight_decay'
+    decays = [g[key] for g in groups]
+    assert decays == ([0.5, 0.5, 0.0] if opt == 'muon' else [0.5, 0.0])  # the matrices' groups; vectors never decay
+    assert json.loads((out / 'config.json').read_text())['weight_decay'] == 0.5 == ckpt['config']['weight_decay']
+    assert [r['resume'] for r in read_log(out) if 'resume' in r] == [{'weight_decay': {'checkpoint': 1e-4, 'now': 0.5},
+                                                                     'max_iters': {'checkpoint': N, 'now': N + 1}}]
+
+
+def test_scratch_overwrite_replaces_the_run(lm_runs, text_data, tmp_path):
+    out = good_run_copy(lm_runs, tmp_path / 'out')
+    train(out, text_data, '--overwrite=True', max_iters=2, eval_interval=100, **LM['msgdw'])
+    assert load_ckpt(out)['iter_num'] == 2
+    assert [r['iter'] for r in read_log(out)] == [0, 1, 2, 2]  # eval 0, steps 1 and 2, eval 2: nothing of the old run
+
+
+def test_eval_only_writes_nothing(lm_runs, text_data, tmp_path):
+    out = good_run_copy(lm_runs, tmp_path / 'out')
+    before = snapshot(out)
+    r = resume(out, '--eval_only=True')
+    val = [v for i, v in val_losses(read_log(out)) if i == N][0]
+    assert f"step {N}: train_loss" in r.stdout and f"val_loss {val:.4f}" in r.stdout  # the checkpoint's eval, again
+    train(out, text_data, '--eval_only=True', **LM['msgdw'])  # scratch: a fresh model, next to a checkpoint
+    assert snapshot(out) == before
 
 
 def test_resume_with_other_model_config(lm_runs, text_data, tmp_path):
