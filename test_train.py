@@ -436,33 +436,58 @@ def test_nan_loss_stops_without_saving(lm_runs, text_data, tmp_path):
     assert not list(out.glob('*.tmp'))
 
 
-def test_sigterm_saves_and_resumes(text_data, tmp_path):
-    cfg = dict(LM['msgdw'], eval_interval=100000, lr_decay_iters=100000)
-    cmd = [sys.executable, 'train.py', *(arg(k, v) for k, v in {**TINY, **cfg, 'out_dir': str(tmp_path),
-           'data_dir': str(text_data), 'max_iters': 100000}.items())]
-    with open(tmp_path / 'stdout', 'w') as stdout:
+def run_until_signal(out_dir, data_dir, n_losses, sig, **cfg):
+    """Start a long run, send `sig` once its log has n_losses training losses; (returncode, stdout, stderr)."""
+    cmd = [sys.executable, 'train.py', *(arg(k, v) for k, v in {**TINY, **cfg, 'out_dir': str(out_dir),
+           'data_dir': str(data_dir), 'max_iters': 100000}.items())]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / 'stdout', 'w') as stdout:
         p = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=stdout, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.time() + 120
-            log = tmp_path / 'log.jsonl'  # polled as text: a line may be half written
-            while not log.exists() or log.read_text().count('"loss":') < 3:
+            log = out_dir / 'log.jsonl'  # polled as text: a line may be half written
+            while not log.exists() or log.read_text().count('"loss":') < n_losses:
                 assert p.poll() is None and time.time() < deadline, "the run ended or made no progress"
-                time.sleep(0.2)
-            p.send_signal(signal.SIGTERM)
+                time.sleep(0.1)
+            p.send_signal(sig)
             _, stderr = p.communicate(timeout=60)
         finally:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    assert p.returncode == 0, stderr
-    assert 'stop requested by signal' in (tmp_path / 'stdout').read_text()
+    return p.returncode, (out_dir / 'stdout').read_text(), stderr
+
+
+def test_sigterm_saves_and_resumes_with_its_eval(text_data, tmp_path):
+    cfg = dict(LM['msgdw'], eval_interval=100000, lr_decay_iters=100000)
+    code, stdout, stderr = run_until_signal(tmp_path, text_data, 3, signal.SIGTERM, **cfg)
+    assert code == 0, stderr
+    assert 'stop requested by signal' in stdout
     last = train_losses(read_log(tmp_path))[-1][0]
     ckpt = load_ckpt(tmp_path)
-    assert 3 <= ckpt['iter_num'] == last < 100000
-    # resuming continues from there
-    train(tmp_path, text_data, '--init_from=resume', **{**cfg, 'max_iters': last + 2})
+    assert 3 <= ckpt['iter_num'] == last < 100000 and ckpt['evaluated'] is False
+    # as if the signal came during the last step of a run to `last`: resuming runs the final eval it missed
+    resume(tmp_path, f'--max_iters={last}')
+    assert load_ckpt(tmp_path)['iter_num'] == last and load_ckpt(tmp_path)['evaluated'] is True
+    resume(tmp_path, f'--max_iters={last + 2}')  # and resuming continues from there
     assert load_ckpt(tmp_path)['iter_num'] == last + 2
-    assert [i for i, _ in train_losses(read_log(tmp_path))][-3:] == [last, last + 1, last + 2]
+    log = read_log(tmp_path)
+    assert [i for i, _ in train_losses(log)] == list(range(1, last + 3))  # each iteration once
+    assert [i for i, _ in val_losses(log)] == [0, last, last + 2]
+
+
+def test_sigkill_then_resume_logs_each_iteration_once(lm_runs, text_data, tmp_path):
+    """Killed past its checkpoint at 5: the resumed run cuts the log back to 5 and logs 6.. again,
+    and the whole log is the one of the straight run (same config except eval_interval)."""
+    code, _, _ = run_until_signal(tmp_path, text_data, 7, signal.SIGKILL, **LM['msgdw'], eval_interval=5)
+    assert code == -signal.SIGKILL
+    killed_at = train_losses(read_log(tmp_path))[-1][0]
+    assert 5 <= load_ckpt(tmp_path)['iter_num'] <= killed_at  # almost always <: steps logged past the checkpoint
+    resume(tmp_path, f'--max_iters={2 * N}')
+    log, straight = read_log(tmp_path), read_log(lm_runs('msgdw') / 'straight')
+    assert train_losses(log) == train_losses(straight)  # iterations 1..2N, each once, loss for loss
+    assert [i for i, _ in val_losses(log)] == [0, 5, 10, 15, 20]
+    assert [v for i, v in val_losses(log) if i % N == 0] == [v for _, v in val_losses(straight)]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
