@@ -101,6 +101,8 @@ class Runner:
             with open(os.path.join(out_dir, 'status.json'), 'w') as f:
                 json.dump(dict(diverged=diverged, peak_rss_mb=usage.ru_maxrss / 1024), f)
             summary = summarize(out_dir, args['max_iters'])
+            if summary is None:  # train.py exits 0 when a signal stops it: saved, not finished
+                raise SystemExit(f"reproduce.py: {name} stopped before max_iters (a signal?); run reproduce.py again to resume it")
             result = 'diverged' if diverged else f"best val loss {summary['best_val_loss']:.4f}, best val acc {summary['best_val_acc']:.4f}"
             print(f"{name}: {result}", flush=True)
         self.runs[name] = (args, summary)

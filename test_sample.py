@@ -144,6 +144,45 @@ def test_missing_checkpoint_fails_cleanly(tmp_path, capsys):
     assert capsys.readouterr().out == ''
 
 
+@pytest.mark.parametrize('args, ckpt, words', [
+    (['--top_k=-3'], None, '--top_k must be at least 0, got -3'),
+    (['--max_new_tokens=-5'], None, '--max_new_tokens must be at least 1, got -5'),
+    (['--num_samples=0'], None, '--num_samples must be at least 1'),
+    (['--dtype=fp16'], None, "argument --dtype: invalid choice: 'fp16'"),
+    (['--device=gpu'], None, "unknown device 'gpu'"),
+    pytest.param(['--device=cuda'], None, 'no CUDA device', marks=pytest.mark.skipif(torch.cuda.is_available(), reason='CUDA here')),
+    ([], 'corrupted', 'is not a readable checkpoint'),
+    ([], 'truncated', 'is not a readable checkpoint'),
+    ([], 'empty', 'is not a readable checkpoint'),
+    ([], 'foreign', 'is not a checkpoint of train.py (it lacks model, model_args'),
+], ids=['top_k', 'max_new_tokens', 'num_samples', 'dtype', 'device=gpu', 'device=cuda', 'corrupted', 'truncated', 'empty', 'foreign'])
+def test_bad_input_fails_in_one_line(text_run, capsys, tmp_path, args, ckpt, words):
+    out_dir, _ = text_run
+    if ckpt:
+        good = open(os.path.join(out_dir, 'ckpt.pt'), 'rb').read()
+        if ckpt == 'foreign':
+            torch.save({'weights': torch.zeros(2)}, tmp_path / 'ckpt.pt')
+        else:
+            (tmp_path / 'ckpt.pt').write_bytes({'corrupted': b'\x00' * 64 + good[64:], 'truncated': good[:len(good) // 2],
+                                                'empty': b''}[ckpt])
+        out_dir = str(tmp_path)
+    before = open(os.path.join(out_dir, 'ckpt.pt'), 'rb').read()
+    with pytest.raises(SystemExit) as e:
+        sample_main(capsys, f'--out_dir={out_dir}', f'--start={PROMPT}', '--device=cpu', *args)
+    message = e.value.code  # a str: Python prints it to stderr and exits with status 1
+    assert isinstance(message, str) and '\n' not in message and message.startswith('sample.py: error: ')
+    assert words in message, message
+    assert capsys.readouterr().out == ''
+    assert open(os.path.join(out_dir, 'ckpt.pt'), 'rb').read() == before
+
+
+def test_one_line_error_as_a_process(tmp_path):
+    (tmp_path / 'ckpt.pt').write_bytes(b'')
+    result = run('sample.py', f'--out_dir={tmp_path}', '--device=cpu')
+    assert result.returncode == 1 and result.stdout == ''
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and 'not a readable checkpoint' in result.stderr
+
+
 # ----------------------------------------------------------------------------------------
 # image checkpoints: top-1 accuracy on val
 
