@@ -64,7 +64,7 @@ seed = 1337
 # train.py's other keys (I/O, data, schedule, logs): accepted so that its config files work here,
 # and unused. None takes a value of any type. test_bench.py keeps this list in step with train.py.
 out_dir = eval_interval = log_interval = eval_iters = eval_only = always_save_checkpoint = None
-init_from = wandb_log = wandb_project = wandb_run_name = dataset = data_dir = None
+init_from = overwrite = reset_optimizer = wandb_log = wandb_project = wandb_run_name = dataset = data_dir = None
 gradient_accumulation_steps = augment = crop_padding = label_smoothing = None
 max_iters = decay_lr = warmup_iters = lr_decay_iters = min_lr = grad_stats_interval = None
 # ----------------------------------------------------------------------------------------
