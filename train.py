@@ -389,6 +389,9 @@ if master_process:
     log(json.dumps(config, indent=1))
     for key, (old, new) in overrides.items():
         log(f"resume: {key} = {new!r} (the checkpoint's run had {old!r})")
+    log(f"{Model.__name__} with {raw_model.get_num_params() / 1e6:.2f}M parameters; {world_size} process(es), "
+        f"{accum_steps} micro-steps of {batch_size} each, {data.samples_per_micro_step * accum_steps * world_size:,} "
+        f"{data.unit} per iteration")
 if master_process and not eval_only:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, 'config.json'), 'w') as f:
@@ -397,17 +400,13 @@ if master_process and not eval_only:
         for path in (log_path, ckpt_path):
             if os.path.exists(path):
                 os.remove(path)
-    else:  # drop what a killed run logged after its checkpoint: the resumed run logs those iterations again
-        if os.path.exists(log_path) and os.path.getsize(log_path) > checkpoint.get('log_bytes', math.inf):
-            os.truncate(log_path, checkpoint['log_bytes'])
+    elif os.path.exists(log_path) and os.path.getsize(log_path) > checkpoint.get('log_bytes', math.inf):
+        os.truncate(log_path, checkpoint['log_bytes'])  # what a killed run logged after its checkpoint: logged again below
+    if wandb_log:
+        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+    if checkpoint is not None:
         write_log(dict(iter=iter_num, resume={k: dict(checkpoint=old, now=new) for k, (old, new) in overrides.items()}))
 checkpoint = None  # free the memory
-if master_process:
-    log(f"{Model.__name__} with {raw_model.get_num_params() / 1e6:.2f}M parameters; {world_size} process(es), "
-        f"{accum_steps} micro-steps of {batch_size} each, {data.samples_per_micro_step * accum_steps * world_size:,} "
-        f"{data.unit} per iteration")
-    if wandb_log and not eval_only:
-        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
 # SIGTERM (cluster preemption) or SIGINT: finish the step, save, exit 0. A second SIGINT kills.
 stop_signal = []
