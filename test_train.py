@@ -398,6 +398,10 @@ def test_resume_optimizer_hyperparameters_given_anew_take_effect(lm_runs, tmp_pa
 
 def test_scratch_overwrite_replaces_the_run(lm_runs, text_data, tmp_path):
     out = good_run_copy(lm_runs, tmp_path / 'out')
+    # a replacement that diverges at once: the old run is gone, and the message names no checkpoint of it
+    r = train(out, text_data, '--overwrite=True', check=False, max_iters=1000, **{**LM['msgdw'], 'learning_rate': 1e30, 'grad_clip': 0.0})
+    assert_one_line_error(r, 'loss is', 'Lower learning_rate')
+    assert 'checkpoint' not in r.stderr and not (out / 'ckpt.pt').exists()
     train(out, text_data, '--overwrite=True', max_iters=2, eval_interval=100, **LM['msgdw'])
     assert load_ckpt(out)['iter_num'] == 2
     assert [r['iter'] for r in read_log(out)] == [0, 1, 2, 2]  # eval 0, steps 1 and 2, eval 2: nothing of the old run
