@@ -21,12 +21,16 @@ Downloads go to --cache_dir (default: `downloads` next to the dataset dir, i.e. 
 via a temporary file renamed only after the checksum matched; a file already in the cache
 is used as is (it was verified when it arrived). `--input` takes a local copy instead:
 the text file (shakespeare*), the tar.gz (cifar10), a directory with the 4 .gz files
-(fashion_mnist) or the .npz (npz). Local copies are not checksummed, only parsed strictly
+(fashion_mnist), a directory with OpenWebText's parquet files (openwebtext, searched
+recursively) or the .npz (npz). Local copies are not checksummed, only parsed strictly
 (repackaged copies, e.g. Debian's re-gzipped Fashion-MNIST, differ in md5 but not in content).
+openwebtext needs Hugging Face datasets and reads the published parquet files (OPENWEBTEXT_FILES),
+not the dataset's loading script, which datasets >= 4 refuses; its cache is --cache_dir too.
 npz import: x_train, y_train, x_test, y_test (uint8 [N,H,W] or [N,H,W,C]; integer labels),
 optional class_names; its default out_dir is data/<file name without .npz>.
 """
 import argparse
+import glob
 import gzip
 import hashlib
 import io
@@ -56,6 +60,14 @@ DOWNLOADS.update({f: ('http://fashion-mnist.s3-website.eu-central-1.amazonaws.co
     ('train-labels-idx1-ubyte.gz', '25c81989df183df01b3e8a0aad5dffbe'),
     ('t10k-images-idx3-ubyte.gz', 'bef4ecab320f06d8554ea6380940ec79'),
     ('t10k-labels-idx1-ubyte.gz', 'bb300cfdad3c16e7a12a480ee83fd310')]})
+# OpenWebText as parquet files: the dataset owner's full conversion (hub PR #18, "convert-parquet-full"),
+# pinned to its commit. When this was written, the repository's main branch still held only the loading
+# script and its tar files, and the hub's own refs/convert/parquet branch keeps just the first ~5 GB of a
+# dataset this large.
+OPENWEBTEXT_REVISION = '963532436460638ab26b7633e23776e6c7e37d59'
+OPENWEBTEXT_FILES = f'hf://datasets/Skylion007/openwebtext@{OPENWEBTEXT_REVISION}/data/train-*.parquet'
+OPENWEBTEXT_HELP = (f"hf download Skylion007/openwebtext --repo-type dataset --revision {OPENWEBTEXT_REVISION} "
+                    "--include 'data/*' --local-dir DIR")
 FMNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
 
 def _default_mode(path, mode):
@@ -264,17 +276,28 @@ def prepare_openwebtext(out, args):
         from tqdm import tqdm
     except ImportError as e:
         raise DataError(f"openwebtext needs Hugging Face datasets ({e.name} is missing): pip install datasets") from None
+    if args.input is None:
+        files, source = OPENWEBTEXT_FILES, 'the Hugging Face hub'
+    else:
+        files = sorted(glob.glob(os.path.join(glob.escape(args.input), '**', '*.parquet'), recursive=True))
+        source = args.input
+        if not files:
+            raise DataError(f"--input: no .parquet files under {args.input}; openwebtext takes a folder holding the "
+                            f"dataset's data/train-*.parquet files ({OPENWEBTEXT_HELP})")
     enc = _gpt2()
-    try:
-        ds = load_dataset('openwebtext', num_proc=args.num_proc)
+    try:  # the parquet builder reads the files directly: no loading script (datasets >= 4 refuses those)
+        ds = load_dataset('parquet', data_files={'train': files}, cache_dir=args.cache_dir, num_proc=args.num_proc)
     except Exception as e:  # network and hub errors come in many classes
-        raise DataError(f"load_dataset('openwebtext') failed ({type(e).__name__}: {str(e)[:200]})") from None
+        raise DataError(f"loading openwebtext from {source} failed ({type(e).__name__}: {str(e)[:200]}); "
+                        f"offline? use --input ({OPENWEBTEXT_HELP})") from None
+    if 'text' not in ds['train'].column_names:
+        raise DataError(f"the openwebtext files from {source} have no 'text' column (columns: {ds['train'].column_names})")
     split = ds['train'].train_test_split(test_size=0.0005, seed=2357, shuffle=True)
     split['val'] = split.pop('test')
     def tokenize(doc):
         ids = enc.encode_ordinary(doc['text']) + [enc.eot_token]  # EOT separates documents
         return {'ids': ids, 'len': len(ids)}
-    split = split.map(tokenize, remove_columns=['text'], desc='tokenizing', num_proc=args.num_proc)
+    split = split.map(tokenize, remove_columns=ds['train'].column_names, desc='tokenizing', num_proc=args.num_proc)
     sizes = {}
     for name, dset in split.items():
         sizes[name] = n = int(sum(dset['len']))
