@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure
-from model import GPT, GPTConfig, ViT, ViTConfig
+from model import GPT, GPT2_MODELS, PRESETS, GPTConfig, ViT, ViTConfig
 from prepare_data import load_images, load_meta
 
 # ----------------------------------------------------------------------------------------
@@ -35,7 +35,7 @@ log_interval = 10
 eval_iters = 200
 eval_only = False
 always_save_checkpoint = True  # else save only when val loss improves
-init_from = 'scratch'  # 'scratch' or 'resume'
+init_from = 'scratch'  # 'scratch', 'resume', or GPT-2's weights to fine-tune: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
 wandb_log = False
 wandb_project = 'nanodnt'
 wandb_run_name = 'dnt_gpt2'
@@ -96,6 +96,10 @@ def fail(message):
     print(f"train.py: error: {message}", file=sys.stderr, flush=True)
     sys.exit(1)
 
+
+if init_from not in ('scratch', 'resume', *GPT2_MODELS) and not os.path.isdir(init_from):
+    fail(f"unknown init_from {init_from!r}; choose 'scratch', 'resume', one of {', '.join(GPT2_MODELS)}, "
+         "or a directory holding a saved GPT2LMHeadModel")
 
 # distributed setup: torchrun sets RANK, LOCAL_RANK, WORLD_SIZE
 ddp = int(os.environ.get('RANK', -1)) != -1
@@ -202,8 +206,31 @@ try:
     model_config = ModelConfig(**{**{k: v for k, v in config.items() if k in model_fields}, **derived})
 except ValueError as e:
     fail(e)
+pretrained = init_from not in ('scratch', 'resume')
+if not pretrained:
+    model = Model(model_config)
+else:  # GPT-2's weights set the model's size, bias and vocabulary; dropout and a shorter block_size apply
+    if meta.get('tokenizer') != 'gpt2':
+        fail(f"init_from={init_from!r} fine-tunes GPT-2, which reads GPT-2 BPE tokens; {data_dir} holds "
+             f"{meta.get('tokenizer') or meta['kind']} data: prepare GPT-2 BPE data, e.g. python prepare_data.py shakespeare")
+    try:
+        model = GPT.from_pretrained(init_from, dropout=dropout,
+                                    **{k: config[k] for k in ('preset', 'norm', *PRESETS['standard'], 'final_norm')})
+    except (ValueError, ImportError) as e:
+        fail(f"init_from={init_from!r}: {e}")
+    except Exception as e:  # hub and network errors come in many classes
+        fail(f"cannot load {init_from} ({type(e).__name__}: {' '.join(str(e).split())[:300]}); choose one of "
+             f"{', '.join(GPT2_MODELS)} (downloaded once into Hugging Face's cache) or a directory of a saved GPT2LMHeadModel")
+    if block_size > model.config.block_size:
+        fail(f"block_size {block_size} exceeds the context of {init_from} ({model.config.block_size})")
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)
+    model_config = model.config
+    config.update({k: getattr(model_config, k) for k in ('n_layer', 'n_head', 'n_embd', 'bias', 'vocab_size')})  # what was trained
+    log(f"init_from={init_from}: GPT-2's weights, {model_config.n_layer} layers, {model_config.n_head} heads, "
+        f"width {model_config.n_embd}, vocab_size {model_config.vocab_size}, bias; these replace the config's")
 model_args = asdict(model_config)  # resolved: the preset's switches filled in
-model = Model(model_config).to(device)
+model = model.to(device)
 
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 iter_num, best_val_loss, checkpoint = 0, float('inf'), None
@@ -221,8 +248,6 @@ if init_from == 'resume':
              + "; use the checkpoint's settings or another --out_dir")
     model.load_state_dict(checkpoint['model'])
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
-elif init_from != 'scratch':
-    fail(f"unknown init_from '{init_from}'; choose 'scratch' or 'resume'")
 
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 try:
@@ -370,7 +395,7 @@ if master_process:
     log(json.dumps(config, indent=1))
     with open(os.path.join(out_dir, 'config.json'), 'w') as f:
         json.dump(config, f, indent=1)
-    if init_from == 'scratch' and os.path.exists(log_path):
+    if init_from != 'resume' and os.path.exists(log_path):
         os.remove(log_path)  # a fresh run starts a fresh log
     log(f"{Model.__name__} with {raw_model.get_num_params() / 1e6:.2f}M parameters; {world_size} process(es), "
         f"{accum_steps} micro-steps of {batch_size} each, {samples_per_iter * accum_steps * world_size:,} "
