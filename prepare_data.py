@@ -3,16 +3,7 @@ Prepare a dataset for train.py: `python prepare_data.py NAME [--out_dir DIR] [--
 writes data/NAME/ (or DIR). NAME is one of shakespeare_char, shakespeare, openwebtext,
 cifar10, fashion_mnist, npz.
 
-On-disk format (train.py and sample.py read it only through the functions below):
-- meta.json, always (JSON, never pickles):
-    text:  {"kind": "text", "vocab_size": int, "tokenizer": "char" | "gpt2",
-            "itos": [characters] (char only), "train_tokens": int, "val_tokens": int}
-    image: {"kind": "image", "shape": [H, W, C], "num_classes": int, "class_names": [str],
-            "mean": [per channel, 0..1], "std": [per channel, 0..1], "train_size": int, "val_size": int}
-- text:  train.bin, val.bin: flat np.uint16 token ids (nanoGPT's format, read with np.memmap).
-- image: train_x.npy, val_x.npy: (N, H, W, C) uint8, channels last even for C=1;
-         train_y.npy, val_y.npy: (N,) int64. Plain np.save, loadable with allow_pickle=False.
-- mean/std are over the train images, per channel, in 0..1 (pixel / 255).
+The on-disk format, its readers and the training pipelines are in data.py.
 
 A dataset directory is built in a hidden sibling (data/.NAME.tmp-xxxx) and renamed into
 place only when complete, so train.py never sees a partial one.
@@ -46,6 +37,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from data import DataError, get_tokenizer, load_images, load_meta  # noqa: F401 (the readers, re-exported for users of this module)
+
 # file in the download cache -> (url, md5)
 DOWNLOADS = {
     'tinyshakespeare.txt': ('https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
@@ -75,45 +68,6 @@ def _default_mode(path, mode):
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, mode & ~umask)
-
-class DataError(Exception):
-    """A problem with the data or its source; main() reports it in one line."""
-
-# ----------------------------------------------------------------------------------------
-# readers shared with train.py and sample.py
-
-def load_meta(data_dir):
-    path = os.path.join(data_dir, 'meta.json')
-    if not os.path.isfile(path):
-        name = os.path.basename(os.path.normpath(data_dir))
-        cmd = name if name in DATASETS and name != 'npz' else 'npz --input FILE.npz'  # other names: an imported npz
-        raise FileNotFoundError(f"no dataset in {data_dir} (meta.json missing); create it with: "
-                                f"python prepare_data.py {cmd} --out_dir {data_dir}")
-    with open(path, encoding='utf-8') as f:
-        return json.load(f)
-
-def load_images(data_dir, split):
-    assert split in ('train', 'val'), split
-    x = np.load(os.path.join(data_dir, f'{split}_x.npy'), allow_pickle=False)
-    y = np.load(os.path.join(data_dir, f'{split}_y.npy'), allow_pickle=False)
-    return x, y
-
-def get_tokenizer(meta):
-    if meta.get('tokenizer') == 'gpt2':
-        import tiktoken
-        enc = tiktoken.get_encoding('gpt2')
-        return enc.encode_ordinary, lambda ids: enc.decode([int(i) for i in ids])
-    if meta.get('tokenizer') == 'char':
-        itos = meta['itos']
-        stoi = {c: i for i, c in enumerate(itos)}
-        def encode(s):
-            try:
-                return [stoi[c] for c in s]
-            except KeyError:
-                unknown = dict.fromkeys(c for c in s if c not in stoi)  # in order of appearance
-                raise ValueError("characters not in the vocabulary: " + ', '.join(map(repr, unknown))) from None
-        return encode, lambda ids: ''.join(itos[i] for i in ids)
-    raise ValueError(f"no tokenizer in meta (kind={meta.get('kind')!r}, tokenizer={meta.get('tokenizer')!r})")
 
 # ----------------------------------------------------------------------------------------
 # downloads and atomic writes

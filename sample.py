@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT, GPTConfig, ViT, ViTConfig
-from prepare_data import get_tokenizer, load_images, load_meta
+from data import get_tokenizer, load_images, load_meta
 
 
 def parse_args(argv):

@@ -18,13 +18,12 @@ from dataclasses import asdict, fields
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure
 from model import GPT, GPT2_MODELS, PRESETS, GPTConfig, ViT, ViTConfig
-from prepare_data import load_images, load_meta
+from data import ImageData, TextData, load_meta
 
 # ----------------------------------------------------------------------------------------
 # default config: DNT GPT-2 124M on OpenWebText with mSGDW
@@ -129,77 +128,26 @@ def log(*args):
 
 
 # ----------------------------------------------------------------------------------------
-# data: one generator, seeded alike on every process, draws each iteration's global batch;
-# each process keeps its rows, so N processes see the data of one process accumulating N times
+# data (see data.py) and model: the two places where text and images differ
 
 data_dir = config['data_dir'] = data_dir or os.path.join('data', dataset)  # recorded for sample.py
 try:
     meta = load_meta(data_dir)
 except FileNotFoundError as e:
     fail(e)
-data_gen = torch.Generator().manual_seed(seed)
-eval_seed = seed + 1  # every eval draws the same batches, from its own generator
-
+data_gen = torch.Generator().manual_seed(seed)  # draws the training batches; alike on every process
 if meta['kind'] == 'text':
-    samples_per_iter = batch_size * block_size  # tokens per micro-step
-
-    def get_batches(split, n_total, rows, gen):
-        # a fresh memmap per call: a long-lived one keeps every page it touched (nanoGPT does the same)
-        data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
-        ix = torch.randint(len(data) - block_size, (n_total, batch_size), generator=gen)[rows]
-        batches = []
-        for row in ix:
-            x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in row])
-            y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in row])
-            if device_type == 'cuda':  # pinned memory lets the copy run asynchronously
-                x, y = x.pin_memory(), y.pin_memory()
-            batches.append((x.to(device, non_blocking=True), y.to(device, non_blocking=True)))
-        return batches
-else:
-    samples_per_iter = batch_size  # images per micro-step
-    images = {split: load_images(data_dir, split) for split in ('train', 'val')}
-    images = {split: (torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device),  # (N, H, W, C) -> (N, C, H, W)
-                      torch.from_numpy(y).to(device)) for split, (x, y) in images.items()}
-    channel_mean = torch.tensor(meta['mean'], device=device).view(1, -1, 1, 1)
-    channel_std = torch.tensor(meta['std'], device=device).view(1, -1, 1, 1)
-
-    def normalize(x):
-        return (x.float() / 255 - channel_mean) / channel_std
-
-    def random_crop_flip(x, shifts, flips):
-        """Per-sample crop of a zero-padded image and horizontal flip, as one gather on the device."""
-        B, C, H, W = x.shape
-        x = F.pad(x, (crop_padding,) * 4)  # (B, C, H + 2p, W + 2p)
-        rows = shifts[:, :1] + torch.arange(H, device=device)  # (B, H)
-        cols = shifts[:, 1:] + torch.arange(W, device=device)  # (B, W)
-        cols = torch.where(flips[:, None], cols.flip(1), cols)  # a flip reverses the column order
-        b, c = torch.arange(B, device=device), torch.arange(C, device=device)
-        return x[b[:, None, None, None], c[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
-
-    def get_batches(split, n_total, rows, gen):
-        x_all, y_all = images[split]
-        ix = torch.randint(len(x_all), (n_total, batch_size), generator=gen)[rows].to(device)
-        shifts = torch.randint(2 * crop_padding + 1, (n_total, batch_size, 2), generator=gen)[rows].to(device)
-        flips = (torch.rand((n_total, batch_size), generator=gen) < 0.5)[rows].to(device)
-        batches = []
-        for i, s, f in zip(ix, shifts, flips):
-            x = random_crop_flip(x_all[i], s, f) if augment else x_all[i]
-            batches.append((normalize(x), y_all[i]))
-        return batches
-
-# ----------------------------------------------------------------------------------------
-# model
-
-if meta['kind'] == 'text':
-    ModelConfig, Model = GPTConfig, GPT
+    data = TextData(data_dir, device, batch_size, block_size, eval_iters, eval_seed=seed + 1)
+    ModelConfig, Model, loss_args = GPTConfig, GPT, {}
     derived = dict(block_size=block_size, vocab_size=vocab_size or meta['vocab_size'])
     if derived['vocab_size'] < meta['vocab_size']:
         fail(f"vocab_size ({vocab_size}) is smaller than the dataset's ({meta['vocab_size']}); use 0 to take the dataset's")
 else:
-    ModelConfig, Model = ViTConfig, ViT
     H, W, C = meta['shape']
     if H != W:
         fail(f"the ViT takes square images; {data_dir} holds {H}x{W}")
+    data = ImageData(data_dir, meta, device, batch_size, augment, crop_padding)
+    ModelConfig, Model, loss_args = ViTConfig, ViT, dict(label_smoothing=label_smoothing)
     derived = dict(image_size=H, in_chans=C, num_classes=meta['num_classes'])
 model_fields = [f.name for f in fields(ModelConfig)]
 try:
@@ -280,29 +228,19 @@ def all_reduce_sum(t):
 
 @torch.no_grad()
 def evaluate():
-    """LM: mean loss over eval_iters batches of each split. Images: loss and top-1 over all of val."""
+    """Mean loss on each of data.eval_splits (text: eval_iters batches of train and val; images: all of val), and top-1 for images."""
     model.eval()
     out = {}
-    if meta['kind'] == 'text':
-        for split in ('train', 'val'):
-            total = torch.zeros(2, device=device)  # (sum of losses, batches)
-            gen = torch.Generator().manual_seed(eval_seed)
-            for x, y in get_batches(split, eval_iters, slice(rank, None, world_size), gen):  # this process's share
-                with ctx:
-                    _, loss = model(x, y)
-                total += torch.stack([loss.float(), torch.ones((), device=device)])
-            loss_sum, count = all_reduce_sum(total).tolist()
-            out[f'{split}_loss'] = loss_sum / count
-    else:
-        x_val, y_val = images['val']
-        total = torch.zeros(3, device=device)  # (sum of losses, correct, samples)
-        for start in range(rank * batch_size, len(x_val), world_size * batch_size):
-            x, y = normalize(x_val[start:start + batch_size]), y_val[start:start + batch_size]
+    for split in data.eval_splits:
+        total = torch.zeros(3, device=device)  # (sum of losses x samples, correct, samples)
+        for x, y in data.eval_batches(split, rank, world_size):
             with ctx:
                 logits, loss = model(x, y)
             total += torch.stack([loss.float() * len(y), (logits.argmax(-1) == y).sum().float(), torch.tensor(len(y), device=device).float()])
         loss_sum, correct, count = all_reduce_sum(total).tolist()
-        out.update(val_loss=loss_sum / count, val_acc=correct / count)
+        out[f'{split}_loss'] = loss_sum / count
+        if meta['kind'] == 'image':
+            out[f'{split}_acc'] = correct / count
     model.train()
     return out
 
@@ -398,8 +336,8 @@ if master_process:
     if init_from != 'resume' and os.path.exists(log_path):
         os.remove(log_path)  # a fresh run starts a fresh log
     log(f"{Model.__name__} with {raw_model.get_num_params() / 1e6:.2f}M parameters; {world_size} process(es), "
-        f"{accum_steps} micro-steps of {batch_size} each, {samples_per_iter * accum_steps * world_size:,} "
-        f"{'tokens' if meta['kind'] == 'text' else 'images'} per iteration")
+        f"{accum_steps} micro-steps of {batch_size} each, {data.samples_per_micro_step * accum_steps * world_size:,} "
+        f"{data.unit} per iteration")
     if wandb_log:
         import wandb
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
@@ -441,12 +379,12 @@ while True:
 
     # forward, backward, update; sync gradients across processes on the last micro-step only
     loss_sum = torch.zeros((), device=device)
-    for micro_step, (x, y) in enumerate(get_batches('train', gradient_accumulation_steps,
-                                                    slice(rank * accum_steps, (rank + 1) * accum_steps), data_gen)):
+    for micro_step, (x, y) in enumerate(data.get_batches('train', gradient_accumulation_steps,
+                                                         slice(rank * accum_steps, (rank + 1) * accum_steps), data_gen)):
         if ddp:
             model.require_backward_grad_sync = micro_step == accum_steps - 1
         with ctx:
-            _, loss = model(x, y, label_smoothing) if meta['kind'] == 'image' else model(x, y)
+            _, loss = model(x, y, **loss_args)
             loss = loss / accum_steps  # the gradient is the mean over micro-steps
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
@@ -468,12 +406,12 @@ while True:
     t1 = time.time()
     dt, t0 = t1 - t0, t1
     if iter_num % log_interval == 0:
-        throughput = samples_per_iter * accum_steps * world_size / dt
+        throughput = data.samples_per_micro_step * accum_steps * world_size / dt
         mfu = raw_model.estimate_mfu(accum_steps * batch_size, dt)
         if mfu is not None:
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
         log(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.3e}, time {dt * 1000:.2f}ms, "
-            f"{throughput:,.0f} {'tok' if meta['kind'] == 'text' else 'img'}/s"
+            f"{throughput:,.0f} {data.unit}/s"
             + (f", mfu {running_mfu * 100:.2f}%" if mfu is not None else ""))
         write_log(dict(iter=iter_num, loss=lossf, lr=lr, ms=dt * 1000, throughput=throughput, mfu=mfu))
     if stop:
