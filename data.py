@@ -3,7 +3,8 @@ The on-disk format of a dataset directory (written by prepare_data.py), its read
 data pipelines train.py draws its batches from.
 
 On-disk format (train.py and sample.py read it only through the functions below):
-- meta.json, always (JSON, never pickles):
+- meta.json (JSON, never pickles); without it, a directory holding train.bin and val.bin is
+  nanoGPT's format: GPT-2 BPE tokens (GPT2_BPE), as nanoGPT's prepare.py scripts write them:
     text:  {"kind": "text", "vocab_size": int, "tokenizer": "char" | "gpt2",
             "itos": [characters] (char only), "train_tokens": int, "val_tokens": int}
     image: {"kind": "image", "shape": [H, W, C], "num_classes": int, "class_names": [str],
@@ -35,8 +36,13 @@ class DataError(Exception):
 # ----------------------------------------------------------------------------------------
 # readers
 
-def load_meta(data_dir):
+GPT2_BPE = dict(kind='text', tokenizer='gpt2', vocab_size=50257)  # the meta of GPT-2 BPE tokens
+
+def load_meta(data_dir, log=print):
     path = os.path.join(data_dir, 'meta.json')
+    if not os.path.isfile(path) and all(os.path.isfile(os.path.join(data_dir, f'{s}.bin')) for s in ('train', 'val')):
+        log(f"{data_dir} has train.bin and val.bin but no meta.json: read as nanoGPT's format (uint16 GPT-2 BPE tokens)")
+        return dict(GPT2_BPE)
     if not os.path.isfile(path):
         from prepare_data import DATASETS  # here only: prepare_data imports this module
         name = os.path.basename(os.path.normpath(data_dir))
@@ -56,7 +62,8 @@ def get_tokenizer(meta):
     if meta.get('tokenizer') == 'gpt2':
         import tiktoken
         enc = tiktoken.get_encoding('gpt2')
-        return enc.encode_ordinary, lambda ids: enc.decode([int(i) for i in ids])
+        encode = lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})  # in a prompt, the EOT token, as in nanoGPT
+        return encode, lambda ids: enc.decode([int(i) for i in ids])
     if meta.get('tokenizer') == 'char':
         itos = meta['itos']
         stoi = {c: i for i, c in enumerate(itos)}

@@ -84,6 +84,7 @@ def test_shakespeare_bpe(tmp_path):
     assert (meta['train_tokens'], meta['val_tokens']) == (len(train), len(val))
     encode, decode = pd.get_tokenizer(meta)
     assert decode(train) + decode(val) == TEXT and encode('Café') == enc.encode_ordinary('Café')
+    assert encode('<|endoftext|>Hello') == [enc.eot_token, 15496]  # in a prompt, the EOT token (nanoGPT's [50256, 15496])
 
 def byte_level_encoding():
     """A tiktoken Encoding over raw bytes with GPT-2's EOT token: stands in for the GPT-2 BPE files offline."""

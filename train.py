@@ -132,7 +132,7 @@ def log(*args):
 
 data_dir = config['data_dir'] = data_dir or os.path.join('data', dataset)  # recorded for sample.py
 try:
-    meta = load_meta(data_dir)
+    meta = load_meta(data_dir, log)
 except FileNotFoundError as e:
     fail(e)
 data_gen = torch.Generator().manual_seed(seed)  # draws the training batches; alike on every process
@@ -311,7 +311,8 @@ def save_checkpoint():
         return
     checkpoint = dict(model=raw_model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
                       model_args=model_args, model_type=meta['kind'], iter_num=iter_num,
-                      best_val_loss=best_val_loss, config=config, rng=rng)
+                      best_val_loss=best_val_loss, config=config, rng=rng,
+                      meta=meta)  # the dataset's meta.json: sample.py decodes with its tokenizer, data dir or not
     torch.save(checkpoint, ckpt_path + '.tmp')
     os.replace(ckpt_path + '.tmp', ckpt_path)  # atomic: a crash mid-write keeps the previous checkpoint
     log(f"saved checkpoint to {ckpt_path}")
