@@ -10,7 +10,7 @@ preset = 'standard'  # GPT-2's architecture: DNT's extra norms have no pretraine
 dropout = 0.1  # GPT-2 was trained with 0.1; it also regularizes fine-tuning on 300k tokens
 eval_interval, eval_iters, log_interval = 5, 20, 1
 always_save_checkpoint = False  # keep the checkpoint with the best val loss
-# 32 sequences of 1024 tokens per iteration: a GPU run of minutes. On a CPU, lower batch_size
+# 32 sequences of 1024 tokens per iteration, for a GPU. On a CPU, lower batch_size
 # and block_size (e.g. --batch_size=1 --block_size=256): each full iteration is ~2e13 FLOPs.
 batch_size, block_size, gradient_accumulation_steps = 4, 1024, 8
 max_iters = 20
