@@ -333,7 +333,10 @@ class GPT(Transformer):
             from transformers import GPT2LMHeadModel
         except ImportError:
             raise ImportError("loading GPT-2 weights needs Hugging Face transformers: pip install transformers") from None
-        hf = GPT2LMHeadModel.from_pretrained(name)
+        try:
+            hf = GPT2LMHeadModel.from_pretrained(name)
+        except Exception as e:  # hub, network and file errors come in many classes; one line for the caller
+            raise OSError(f"cannot load {name} ({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
         c = hf.config
         model = cls(GPTConfig(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions,
                               vocab_size=c.vocab_size, bias=True, dropout=dropout, preset='standard'))

@@ -3,6 +3,7 @@
 Everything runs on tiny models on the CPU in a few seconds; the GPT-2 124M checks build
 their models on the meta device (shapes only, no memory, no init cost).
 """
+import importlib.util
 import math
 import sys
 
@@ -689,9 +690,13 @@ def test_from_pretrained_refuses_other_norms(norms, named):
     assert named in str(e.value) and '\n' not in str(e.value)
 
 
-def test_from_pretrained_without_transformers_or_unknown_name(monkeypatch, tmp_path):
+def test_from_pretrained_errors(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="unknown pretrained model 'gpt3'"):
         M.GPT.from_pretrained('gpt3')
+    if importlib.util.find_spec('transformers'):  # a directory without a saved model: one line, whatever transformers raised
+        with pytest.raises(OSError, match=r"^cannot load .*\(\w+: ") as e:
+            M.GPT.from_pretrained(str(tmp_path))
+        assert '\n' not in str(e.value)
     monkeypatch.setitem(sys.modules, 'transformers', None)  # what an uninstalled package looks like to import
     with pytest.raises(ImportError, match=r"pip install transformers"):
         M.GPT.from_pretrained(str(tmp_path))

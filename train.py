@@ -164,11 +164,8 @@ else:  # GPT-2's weights set the model's size, bias and vocabulary; dropout and 
     try:
         model = GPT.from_pretrained(init_from, dropout=dropout,
                                     **{k: config[k] for k in ('preset', 'norm', *PRESETS['standard'], 'final_norm')})
-    except (ValueError, ImportError) as e:
+    except (ValueError, ImportError, OSError) as e:
         fail(f"init_from={init_from!r}: {e}")
-    except Exception as e:  # hub and network errors come in many classes
-        fail(f"cannot load {init_from} ({type(e).__name__}: {' '.join(str(e).split())[:300]}); choose one of "
-             f"{', '.join(GPT2_MODELS)} (downloaded once into Hugging Face's cache) or a directory of a saved GPT2LMHeadModel")
     if block_size > model.config.block_size:
         fail(f"block_size {block_size} exceeds the context of {init_from} ({model.config.block_size})")
     if block_size < model.config.block_size:
