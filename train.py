@@ -154,8 +154,7 @@ try:
     model_config = ModelConfig(**{**{k: v for k, v in config.items() if k in model_fields}, **derived})
 except ValueError as e:
     fail(e)
-pretrained = init_from not in ('scratch', 'resume')
-if not pretrained:
+if init_from in ('scratch', 'resume'):
     model = Model(model_config)
 else:  # GPT-2's weights set the model's size, bias and vocabulary; dropout and a shorter block_size apply
     if meta.get('tokenizer') != 'gpt2':
