@@ -7,6 +7,8 @@ import math
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -270,3 +272,14 @@ def test_train_streams_evaluates_and_resumes(prepared, tmp_path, capsys):
 def test_train_refuses_image_size_above_stored(prepared, tmp_path):
     r = train(tmp_path, prepared, check=False, image_size=32, patch_size=4, n_layer=1, n_head=2, n_embd=32)
     assert_clean_error(r, 'train.py: error: ', 'image_size (32)', '16x16')
+
+
+def test_bench_times_the_loader(prepared):
+    r = subprocess.run([sys.executable, 'bench.py', f'--loader={prepared}', '--image_size=12', "--crop='rrc'", '--mixup=0.8',
+                        '--batch_size=4', '--gradient_accumulation_steps=2', '--warmup=1', '--iters=2', '--device=cpu'],
+                       cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True, text=True, timeout=120,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f'loader: {prepared}, 21 images of 16x16x3 -> 12 px, 2 x 4 images an iteration')
+    rates = re.findall(r'^(read|read \+ augment on cpu) +([\d,]+) img/s$', r.stdout, re.M)
+    assert [label for label, _ in rates] == ['read', 'read + augment on cpu'] and all(float(v.replace(',', '')) > 0 for _, v in rates)
