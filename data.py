@@ -15,6 +15,7 @@ On-disk format (train.py and sample.py read it only through the functions below)
 
 The pipelines (TextData, ImageData) share one interface for train.py:
     data.get_batches(split, n_total, rows, gen) -> [(x, y)] on the device, one per micro-step
+        (images with mixup / CutMix: y is (B, num_classes) probabilities, else class ids)
     data.eval_splits, data.eval_batches(split, rank, world_size) -> this process's eval batches
     data.unit ('tok' | 'img'), data.samples_per_micro_step
 One generator, seeded alike on every process, draws each iteration's global batch of n_total

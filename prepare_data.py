@@ -410,8 +410,8 @@ def prepare_imagefolder(out, args):
     directory that keeps what is done (plan.json: what is being prepared; progress.json: how far)."""
     if args.input is None or not os.path.isdir(args.input):
         raise DataError(f"{args.name} needs --input DIR holding train/<class>/<image> and val/<class>/<image>")
-    if args.image_size < 1:
-        raise DataError(f"--image_size must be at least 1, got {args.image_size}")
+    if args.image_size < 1 or args.num_proc < 1:
+        raise DataError(f"--image_size and --num_proc must be at least 1, got {args.image_size} and {args.num_proc}")
     train_paths, train_y, classes = list_image_folder(args.input, 'train')
     val_paths, val_y, _ = list_image_folder(args.input, 'val', classes)
     if args.name == 'imagenet' and (len(classes) != 1000 or not all(len(c) == 9 and c[0] == 'n' and c[1:].isdigit() for c in classes)):
@@ -421,34 +421,36 @@ def prepare_imagefolder(out, args):
     files = hashlib.sha256('\n'.join(os.path.relpath(p, args.input) for p in train_paths + ['|'] + val_paths).encode()).hexdigest()
     plan = dict(image_size=args.image_size, classes=classes, files=files)
     plan_path, progress_path = os.path.join(out, 'plan.json'), os.path.join(out, 'progress.json')
-    if os.listdir(out):  # a stopped run's directory: continue it only if it prepares the same thing
+    if os.listdir(out):  # a stopped run's directory (plan.json is written first): continue it if it prepares the same
         try:
             with open(plan_path) as f:
                 same = json.load(f) == plan
-            with open(progress_path) as f:
-                progress = json.load(f)
         except (OSError, ValueError):
             raise DataError(f"{out} exists and is not a stopped preparation of this script; move it away") from None
         if not same:
             raise DataError(f"{out} holds a stopped preparation of other files or another --image_size; "
                             "rerun with those, or remove it to start over")
-        print(f"resuming {out}: {progress['train']:,} train and {progress['val']:,} val images already done")
     else:
         with open(plan_path, 'w') as f:
             json.dump(plan, f)
-        progress = dict(train=0, val=0, hist=np.zeros((3, 256), dtype=np.int64).tolist())
-        for split, (paths, y) in splits.items():
-            np.lib.format.open_memmap(os.path.join(out, f'{split}_x.npy'), mode='w+', dtype=np.uint8,
-                                      shape=(len(paths), args.image_size, args.image_size, 3))
-            np.save(os.path.join(out, f'{split}_y.npy'), y)
-    hist = np.array(progress['hist'], dtype=np.int64)
 
-    def save_progress(split, done):
-        progress.update({split: done, 'hist': hist.tolist()})
+    def save_progress(progress):
         with open(progress_path + '.tmp', 'w') as f:
             json.dump(progress, f)
         os.replace(progress_path + '.tmp', progress_path)  # a stop mid-write keeps the previous progress
 
+    if os.path.exists(progress_path):
+        with open(progress_path) as f:
+            progress = json.load(f)
+        print(f"resuming {out}: {progress['train']:,} train and {progress['val']:,} val images already done")
+    else:  # the arrays, then the progress file that says they are there
+        for split, (paths, y) in splits.items():
+            np.lib.format.open_memmap(os.path.join(out, f'{split}_x.npy'), mode='w+', dtype=np.uint8,
+                                      shape=(len(paths), args.image_size, args.image_size, 3))
+            np.save(os.path.join(out, f'{split}_y.npy'), y)
+        progress = dict(train=0, val=0, hist=np.zeros((3, 256), dtype=np.int64).tolist())
+        save_progress(progress)
+    hist = np.array(progress['hist'], dtype=np.int64)
     for split, (paths, _) in splits.items():
         x = np.lib.format.open_memmap(os.path.join(out, f'{split}_x.npy'), mode='r+')
         start = done = progress[split]
@@ -463,7 +465,8 @@ def prepare_imagefolder(out, args):
                             hist += channel_histogram(x[done:i + 1])
                         x.flush()
                         done = i + 1
-                        save_progress(split, done)
+                        progress.update({split: done, 'hist': hist.tolist()})
+                        save_progress(progress)
             except DataError as e:
                 raise DataError(f"{e}; the {done:,} {split} images before it are kept in {out}: replace the file "
                                 "and rerun the same command to continue") from None

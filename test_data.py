@@ -120,17 +120,22 @@ def test_imagefolder_layout_errors(folder, tmp_path):
     assert not (tmp_path / 'data').exists()
 
 
-def test_imagefolder_resumes_after_a_stop(folder, prepared, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(pd, 'IMAGE_CHUNK', 4)  # save the progress every 4 images
+@pytest.mark.parametrize('bad_file, chunk, done', [
+    ('train/eel/03.JPEG', 4, dict(train=16, val=0)),  # the 18th of 21 train images: 4 saves of 4 are kept
+    ('val/dog/01.JPEG', 2, dict(train=21, val=0)),  # in val: all train kept (the val images before it went in its task of 16)
+])
+def test_imagefolder_resumes_after_a_stop(folder, prepared, tmp_path, monkeypatch, capsys, bad_file, chunk, done):
+    monkeypatch.setattr(pd, 'IMAGE_CHUNK', chunk)  # save the progress every `chunk` images
     stopped = tmp_path / 'folder'
     shutil.copytree(folder, stopped)
-    bad = stopped / 'train' / 'eel' / '03.JPEG'  # the 18th of 21 train images
+    bad = stopped / bad_file
     good = bad.read_bytes()
     bad.write_bytes(b'garbage')
     out, partial = tmp_path / 'data', tmp_path / '.data.partial'
     message = prepare('imagefolder', '--input', stopped, '--out_dir', out, '--image_size', 16, '--num_proc', 2)
     assert str(bad) in message and 'rerun the same command to continue' in message
-    assert not out.exists() and json.loads((partial / 'progress.json').read_text())['train'] == 16
+    progress = json.loads((partial / 'progress.json').read_text())
+    assert not out.exists() and (progress['train'], progress['val']) == (done['train'], done['val'])
     bad.write_bytes(good)
     capsys.readouterr()
     assert prepare('imagefolder', '--input', stopped, '--out_dir', out, '--image_size', 16, '--num_proc', 2) is None
