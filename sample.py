@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT, GPT2_MODELS, GPTConfig, ViT, ViTConfig
-from data import GPT2_BPE, get_tokenizer, load_images, load_meta
+from data import GPT2_BPE, center_crop, get_tokenizer, load_images, load_meta
 
 
 def boolean(s):
@@ -82,13 +82,14 @@ def main(argv=None):
         model.compile()  # in place: generate() calls the module, so it runs compiled too
 
     if not is_text:
-        x_val, y_val = load_images(data_dir, 'val')
+        x_val, y_val = load_images(data_dir, 'val', mmap=True)  # read batch by batch: val may be large (ImageNet)
         mean = torch.tensor(meta['mean'], device=args.device).view(1, -1, 1, 1)
         std = torch.tensor(meta['std'], device=args.device).view(1, -1, 1, 1)
         loss_sum, correct = 0.0, 0
         with torch.no_grad():
             for i in range(0, len(x_val), args.batch_size):
-                x = torch.from_numpy(x_val[i:i + args.batch_size]).to(args.device).permute(0, 3, 1, 2)  # (B, C, H, W)
+                x = torch.tensor(x_val[i:i + args.batch_size], device=args.device).permute(0, 3, 1, 2)  # (B, C, H, W); a copy of the read-only memmap
+                x = center_crop(x, model.config.image_size)  # as train.py evaluates: the center at the trained size
                 y = torch.from_numpy(y_val[i:i + args.batch_size]).to(args.device)
                 with ctx:
                     logits, _ = model((x.float() / 255 - mean) / std)

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure
 from model import GPT, GPT2_MODELS, PRESETS, GPTConfig, ViT, ViTConfig
-from data import ImageData, TextData, load_meta
+from data import DataError, ImageData, TextData, load_meta
 
 # ----------------------------------------------------------------------------------------
 # default config: DNT GPT-2 124M on OpenWebText with mSGDW
@@ -45,8 +45,17 @@ gradient_accumulation_steps = 40  # for the whole run: divided by the number of 
 batch_size = 12  # per micro-step and process
 block_size = 1024
 vocab_size = 0  # 0: meta.json's; 50304 pads GPT-2's 50257 to a multiple of 64 for speed
-augment = True  # images: random crop with padding and horizontal flip, on the device
+# images (data.py's ImageData); the defaults are the small-image (CIFAR) recipe, config/*imagenet.py the ImageNet one
+image_size = 0  # train at this size, evaluate on the center crop of this size; 0: as stored
+stream = False  # read batches from disk (memmap) in data_workers threads, an iteration ahead: for sets larger than memory
+data_workers = 4
+augment = True  # training images: crop, flip, mixup/CutMix on the device, per sample; False: as eval sees them
+crop = 'pad'  # 'pad': random crop of the image zero-padded by crop_padding; 'rrc': random-resized-crop
 crop_padding = 4
+rrc_min_scale = 0.08  # rrc: the crop's area is rrc_min_scale..1 of the image's, its aspect ratio 3/4..4/3
+flip = True  # random horizontal flip
+mixup = 0.0  # mixup with lam ~ Beta(mixup, mixup); 0: off
+cutmix = 0.0  # CutMix with lam ~ Beta(cutmix, cutmix); 0: off; with mixup, each micro-batch takes one of the two
 label_smoothing = 0.0
 # model (the norm switches left at None follow the preset; see model.py)
 preset = 'dnt'
@@ -146,9 +155,13 @@ else:
     H, W, C = meta['shape']
     if H != W:
         fail(f"the ViT takes square images; {data_dir} holds {H}x{W}")
-    data = ImageData(data_dir, meta, device, batch_size, augment, crop_padding)
+    try:
+        data = ImageData(data_dir, meta, device, batch_size, image_size, augment, crop, crop_padding, rrc_min_scale,
+                         flip, mixup, cutmix, stream, data_workers)
+    except DataError as e:
+        fail(e)
     ModelConfig, Model, loss_args = ViTConfig, ViT, dict(label_smoothing=label_smoothing)
-    derived = dict(image_size=H, in_chans=C, num_classes=meta['num_classes'])
+    derived = dict(image_size=data.size, in_chans=C, num_classes=meta['num_classes'])
 model_fields = [f.name for f in fields(ModelConfig)]
 try:
     model_config = ModelConfig(**{**{k: v for k, v in config.items() if k in model_fields}, **derived})
