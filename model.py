@@ -36,6 +36,7 @@ PRESETS = {
 }
 PRESETS['standard'], PRESETS['dnt'] = PRESETS['s1'], PRESETS['s5']
 NORMS = ('layernorm', 'rmsnorm')
+GPT2_MODELS = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # OpenAI's weights on the Hugging Face hub
 
 # ----------------------------------------------------------------------------------------
 # configs
@@ -354,6 +355,41 @@ class GPT(Transformer):
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
         self.transformer.wpe.num_embeddings = block_size
+
+    @classmethod
+    def from_pretrained(cls, name, dropout=0.0, **norms):
+        """OpenAI's GPT-2 weights (one of GPT2_MODELS, from the Hugging Face hub or its cache), or a
+        GPT2LMHeadModel saved in a local directory, in the standard preset: bias on, GPT-2's vocabulary
+        (50257) and context. `norms` (preset, norm, the switches) may only ask for that model: GPT-2
+        has no weights for DNT's extra norms. Needs Hugging Face transformers, imported only here.
+        As in nanoGPT, the MLP uses the exact GELU where GPT-2 used its tanh approximation."""
+        if name not in GPT2_MODELS and not os.path.isdir(name):
+            raise ValueError(f"unknown pretrained model {name!r}; choose one of {', '.join(GPT2_MODELS)} "
+                             "or a directory saved by transformers' GPT2LMHeadModel.save_pretrained")
+        config = GPTConfig(**norms)  # resolves the preset, so that every switch can be compared
+        standard = GPTConfig(preset='standard')
+        differ = [k for k in ('norm', *PRESETS['standard'], 'final_norm') if getattr(config, k) != getattr(standard, k)]
+        if differ:
+            raise ValueError(f"GPT-2's weights fit the standard preset only; preset {config.preset!r} with "
+                             + ', '.join(f"{k}={getattr(config, k)!r}" for k in differ)
+                             + " has norms GPT-2 has no weights for: use preset='standard'")
+        try:
+            from transformers import GPT2LMHeadModel
+        except ImportError:
+            raise ImportError("loading GPT-2 weights needs Hugging Face transformers: pip install transformers") from None
+        try:
+            hf = GPT2LMHeadModel.from_pretrained(name)
+        except Exception as e:  # hub, network and file errors come in many classes; one line for the caller
+            raise OSError(f"cannot load {name} ({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
+        c = hf.config
+        model = cls(GPTConfig(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions,
+                              vocab_size=c.vocab_size, bias=True, dropout=dropout, preset='standard'))
+        # the same keys as here, less the causal-mask buffers older transformers keep; GPT-2's Conv1D
+        # stores its weight as (in, out), nn.Linear as (out, in)
+        conv1d = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+        model.load_state_dict({k: v.t() if k.endswith(conv1d) else v for k, v in hf.state_dict().items()
+                               if not k.endswith(('.attn.bias', '.attn.masked_bias'))})
+        return model
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):

@@ -3,7 +3,9 @@
 Everything runs on tiny models on the CPU in a few seconds; the GPT-2 124M checks build
 their models on the meta device (shapes only, no memory, no init cost).
 """
+import importlib.util
 import math
+import sys
 
 import pytest
 import torch
@@ -672,3 +674,59 @@ def test_mfu_peak_lookup_on_cuda(monkeypatch):
         assert model.estimate_mfu(8, 0.5) == pytest.approx(flops * 8 / 0.5 / peak)
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a: 'Some Unknown GPU')
     assert model.estimate_mfu(8, 0.5) is None
+
+
+# ----------------------------------------------------------------------------------------
+# GPT-2 weights: a randomly initialised GPT2LMHeadModel saved here stands in for OpenAI's (no download)
+
+@pytest.fixture(scope='module')
+def gpt2_dir(tmp_path_factory):
+    transformers = pytest.importorskip('transformers')
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=24, vocab_size=61, bos_token_id=0,
+                                     eos_token_id=0, activation_function='gelu')  # exact GELU as here; GPT-2's is tanh-approximated
+    hf = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():  # biases and gains away from 0 and 1, so that a misplaced one shows
+        for p in hf.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp('gpt2')
+    hf.save_pretrained(path)
+    return str(path), hf.eval()
+
+
+def test_from_pretrained_matches_gpt2lmheadmodel(gpt2_dir):
+    path, hf = gpt2_dir
+    model = M.GPT.from_pretrained(path).eval()
+    cfg = model.config
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size) == (2, 2, 32, 24, 61)
+    assert cfg.bias and cfg.preset == 'standard' and cfg.dropout == 0.0
+    assert_nanogpt_state_dict(model)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    idx = torch.randint(0, 61, (3, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, _ = model(idx, idx)  # with targets: the logits of every position
+        expected = hf(idx).logits
+    assert logits.abs().max() > 0.1  # not trivially small
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    assert M.GPT.from_pretrained(path, dropout=0.1).config.dropout == 0.1
+
+
+@pytest.mark.parametrize('norms, named', [(dict(preset='dnt'), "preset 'dnt'"), (dict(norm='rmsnorm'), "norm='rmsnorm'"),
+                                          (dict(preset='standard', qk_norm=True), 'qk_norm=True')])
+def test_from_pretrained_refuses_other_norms(norms, named):
+    # refused before anything is imported or downloaded
+    with pytest.raises(ValueError, match="standard preset only") as e:
+        M.GPT.from_pretrained('gpt2', **norms)
+    assert named in str(e.value) and '\n' not in str(e.value)
+
+
+def test_from_pretrained_errors(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="unknown pretrained model 'gpt3'"):
+        M.GPT.from_pretrained('gpt3')
+    if importlib.util.find_spec('transformers'):  # a directory without a saved model: one line, whatever transformers raised
+        with pytest.raises(OSError, match=r"^cannot load .*\(\w+: ") as e:
+            M.GPT.from_pretrained(str(tmp_path))
+        assert '\n' not in str(e.value)
+    monkeypatch.setitem(sys.modules, 'transformers', None)  # what an uninstalled package looks like to import
+    with pytest.raises(ImportError, match=r"pip install transformers"):
+        M.GPT.from_pretrained(str(tmp_path))

@@ -89,6 +89,45 @@ def test_shakespeare_bpe(tmp_path):
     assert (meta['train_tokens'], meta['val_tokens']) == (len(train), len(val))
     encode, decode = pd.get_tokenizer(meta)
     assert decode(train) + decode(val) == TEXT and encode('Café') == enc.encode_ordinary('Café')
+    assert encode('<|endoftext|>Hello') == [enc.eot_token, 15496]  # in a prompt, the EOT token (nanoGPT's [50256, 15496])
+
+def byte_level_encoding():
+    """A tiktoken Encoding over raw bytes with GPT-2's EOT token: stands in for the GPT-2 BPE files offline."""
+    import tiktoken
+    return tiktoken.Encoding('bytes', pat_str=r"\S+|\s+", mergeable_ranks={bytes([i]): i for i in range(256)},
+                             special_tokens={'<|endoftext|>': 256})
+
+def test_openwebtext_from_local_parquet(tmp_path, monkeypatch):
+    """OpenWebText as the hub publishes it (data/train-0000K-of-0000N.parquet, one 'text' column), through the
+    real path: datasets' parquet builder, the split, tokenizing in 2 processes, the sharded writer."""
+    pytest.importorskip('datasets')
+    pq, pa = pytest.importorskip('pyarrow.parquet'), pytest.importorskip('pyarrow')
+    docs = [f"Document {i}: " + "words and more words, café. " * (i % 7 + 1) for i in range(40)]
+    src = tmp_path / 'owt'
+    (src / 'data').mkdir(parents=True)
+    for k, part in enumerate((docs[:25], docs[25:])):
+        pq.write_table(pa.table({'text': part}), src / 'data' / f'train-0000{k}-of-00002.parquet')
+    monkeypatch.setattr(pd, '_gpt2', byte_level_encoding)
+    out = tmp_path / 'data' / 'openwebtext'
+    pd.main(['openwebtext', '--input', str(src), '--out_dir', str(out), '--num_proc', '2'])
+    meta = pd.load_meta(out)
+    assert meta['kind'] == 'text' and meta['tokenizer'] == 'gpt2' and meta['vocab_size'] == 257
+    got = {}
+    for split in ('train', 'val'):
+        ids = read_tokens(out, split)
+        assert ids[-1] == 256 and meta[f'{split}_tokens'] == len(ids)  # every document ends with EOT
+        got[split] = np.where(ids == 256, 0, ids).astype(np.uint8).tobytes().decode().split('\0')[:-1]  # EOT -> NUL
+    assert len(got['val']) == 1  # 0.05% of 40 documents, rounded up, as in nanoGPT
+    assert sorted(got['train'] + got['val']) == sorted(docs)
+    assert sorted(os.listdir(tmp_path / 'data')) == ['downloads', 'openwebtext']  # the datasets cache: --cache_dir's default
+
+def test_openwebtext_input_without_parquet(tmp_path):
+    pytest.importorskip('datasets')
+    (tmp_path / 'owt').mkdir()
+    out = tmp_path / 'data' / 'openwebtext'
+    r = run('openwebtext', '--input', tmp_path / 'owt', '--out_dir', out)
+    assert_clean_failure(r, out)
+    assert 'no .parquet files' in r.stderr and 'hf download Skylion007/openwebtext' in r.stderr
 
 # ----------------------------------------------------------------------------------------
 # downloads: a local HTTP server stands in for the real URL

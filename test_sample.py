@@ -13,6 +13,8 @@ import torch
 import sample
 from model import ViT, ViTConfig
 
+TORCH_LOAD = torch.load
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONIOENCODING': 'utf-8'}  # tiny tensors; shared CPUs
 SEP = '\n---------------\n'
@@ -104,6 +106,35 @@ def test_data_dir_override(text_run, capsys, tmp_path):
     out = sample_main(capsys, f'--out_dir={out_dir}', f'--data_dir={data_dir}', f'--start={PROMPT}',
                       '--num_samples=1', '--max_new_tokens=3', '--device=cpu')
     assert len(samples(out)) == 1
+
+
+def test_checkpoint_decodes_without_its_data_dir(text_run, capsys, tmp_path, monkeypatch):
+    """A checkpoint copied to another machine: the dataset is not there, the checkpoint's meta decodes."""
+    out_dir, _ = text_run
+    args = [f'--start={PROMPT}', '--num_samples=2', '--max_new_tokens=20', '--device=cpu']
+    expected = sample_main(capsys, f'--out_dir={out_dir}', *args)
+    ckpt = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True)
+    ckpt['config']['data_dir'] = str(tmp_path / 'gone')
+    torch.save(ckpt, tmp_path / 'ckpt.pt')
+    loads = []
+    monkeypatch.setattr(torch, 'load', lambda *a, **kw: loads.append(kw.get('map_location')) or TORCH_LOAD(*a, **kw))
+    assert sample_main(capsys, f'--out_dir={tmp_path}', *args) == expected
+    assert loads == ['cpu']  # the optimizer state stays on the CPU whatever --device is; only the model moves
+    del ckpt['meta']  # a checkpoint from before the meta was stored: the dataset is needed, and the error says so
+    torch.save(ckpt, tmp_path / 'ckpt.pt')
+    with pytest.raises(SystemExit, match='meta.json missing'):
+        sample_main(capsys, f'--out_dir={tmp_path}', *args)
+
+
+@pytest.mark.parametrize('arg, value', [('--compile=True', True), ('--compile=False', False), ('--compile', True), (None, False)])
+def test_compile_takes_true_or_false(arg, value):
+    assert sample.parse_args([arg] if arg else []).compile is value
+
+
+def test_compile_rejects_other_words(capsys):
+    with pytest.raises(SystemExit):
+        sample.parse_args(['--compile=yes'])
+    assert "expected True or False, got 'yes'" in capsys.readouterr().err
 
 
 def test_padded_vocab_never_samples_padding(text_run, capsys, tmp_path):
@@ -234,3 +265,24 @@ def test_image_accuracy_matches_checkpoint_and_train_log(image_run, capsys):
     last = [r for r in records if r['iter'] == ckpt['iter_num'] and 'val_acc' in r][-1]
     assert acc == pytest.approx(100 * last['val_acc'], abs=0.006)
     assert loss == pytest.approx(last['val_loss'], abs=1e-3)
+
+
+# ----------------------------------------------------------------------------------------
+# GPT-2's weights without a checkpoint (a random GPT2LMHeadModel saved here stands in for OpenAI's)
+
+def test_init_from_gpt2_greedy_matches_transformers(tmp_path, capsys):
+    transformers = pytest.importorskip('transformers')
+    tiktoken = pytest.importorskip('tiktoken')
+    try:  # online, or offline from $TIKTOKEN_CACHE_DIR
+        enc = tiktoken.get_encoding('gpt2')
+    except Exception as e:
+        pytest.skip(f"tiktoken cannot load gpt2 here (offline, no TIKTOKEN_CACHE_DIR?): {type(e).__name__}")
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32,
+                                                              activation_function='gelu')).eval()  # exact GELU, as here
+    hf.save_pretrained(tmp_path)
+    out = sample_main(capsys, f'--init_from={tmp_path}', '--start=<|endoftext|>Hello', '--num_samples=1',
+                      '--max_new_tokens=12', '--top_k=1', '--device=cpu')
+    prompt = [enc.eot_token] + enc.encode_ordinary('Hello')  # '<|endoftext|>' is the EOT token, as in nanoGPT
+    expected = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=enc.eot_token)
+    assert samples(out) == [enc.decode(expected[0].tolist())]

@@ -32,7 +32,7 @@ LM = {  # per optimizer: learning rate and dropout; learning_rate=1 (an int) che
     'adamw': dict(optimizer='adamw', learning_rate=1e-2, min_lr=1e-3, dropout=0.0),
     'muon': dict(optimizer='muon', learning_rate=1e-2, min_lr=1e-3, dropout=0.0),
 }
-CKPT_KEYS = {'model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config', 'rng'}
+CKPT_KEYS = {'model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config', 'rng', 'meta'}
 
 
 def arg(key, value):
@@ -171,6 +171,7 @@ def test_lm_run_learns_and_writes_outputs(lm_runs, text_data, opt):
     assert ckpt['best_val_loss'] == pytest.approx(min(v for _, v in vals))
     assert ckpt['model_args']['n_layer'] == 1 and ckpt['model_args']['vocab_size'] == len(set(TEXT))
     assert ckpt['model_args']['qk_norm'] is True  # preset 'dnt' resolved into the switches
+    assert ckpt['meta'] == json.loads((text_data / 'meta.json').read_text())  # sample.py decodes with it
     config = json.loads((out / 'config.json').read_text())
     assert config == ckpt['config'] and config['optimizer'] == opt and config['max_iters'] == 2 * N
     assert type(config['learning_rate']) is float and config['learning_rate'] == LM[opt]['learning_rate']
@@ -513,6 +514,72 @@ def config_error(argv):
     with pytest.raises(ConfigError) as e:
         configure(DEFAULTS, argv)
     return str(e.value)
+
+
+# ----------------------------------------------------------------------------------------
+# nanoGPT's paths: its data format, fine-tuning GPT-2's weights
+
+@pytest.fixture(scope='module')
+def nanogpt_data(tmp_path_factory):
+    """nanoGPT's format, as its prepare.py scripts write it: uint16 GPT-2 token ids, no meta.json."""
+    d = tmp_path_factory.mktemp('nanogpt') / 'openwebtext'
+    d.mkdir()
+    cycle = np.random.default_rng(0).integers(0, 50257, 40).astype(np.uint16)  # a repeated sequence: learnable
+    np.tile(cycle, 50).tofile(d / 'train.bin')
+    np.tile(cycle, 10).tofile(d / 'val.bin')
+    return d
+
+
+@pytest.fixture(scope='module')
+def gpt2_dir(tmp_path_factory):
+    """A randomly initialised GPT2LMHeadModel, saved: it stands in for OpenAI's weights (no download)."""
+    transformers = pytest.importorskip('transformers')
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32))
+    path = tmp_path_factory.mktemp('gpt2')
+    hf.save_pretrained(path)
+    return path, {k: v.t() if k.endswith(('c_attn.weight', 'c_proj.weight', 'c_fc.weight')) else v
+                  for k, v in hf.state_dict().items()}  # in this model's layout
+
+
+def test_nanogpt_data_without_meta(nanogpt_data, tmp_path):
+    r = train(tmp_path, nanogpt_data, max_iters=2, eval_interval=2)
+    assert f"{nanogpt_data} has train.bin and val.bin but no meta.json: read as nanoGPT's format" in r.stdout
+    ckpt = load_ckpt(tmp_path)
+    assert ckpt['model_args']['vocab_size'] == 50257
+    assert ckpt['meta'] == {'kind': 'text', 'tokenizer': 'gpt2', 'vocab_size': 50257}  # what sample.py decodes with
+    assert not (nanogpt_data / 'meta.json').exists()  # the data dir is only read
+
+
+def test_finetune_gpt2_config(gpt2_dir, nanogpt_data, tmp_path):
+    """config/finetune_shakespeare.py with the stand-in weights on nanoGPT-format data, on the CPU."""
+    path, weights = gpt2_dir
+    args = dict(init_from=str(path), data_dir=str(nanogpt_data), out_dir=str(tmp_path), device='cpu', dtype='float32',
+                block_size=16, batch_size=4, gradient_accumulation_steps=1, max_iters=4, eval_interval=2, eval_iters=2,
+                always_save_checkpoint=True)
+    r = subprocess.run([sys.executable, 'train.py', 'config/finetune_shakespeare.py', *(arg(k, v) for k, v in args.items())],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert f"init_from={path}: GPT-2's weights, 1 layers" in r.stdout
+    ckpt = load_ckpt(tmp_path)
+    margs = ckpt['model_args']
+    assert (margs['n_layer'], margs['n_embd'], margs['vocab_size'], margs['block_size']) == (1, 16, 50257, 16)  # cropped
+    assert margs['bias'] and margs['preset'] == 'standard' and margs['dropout'] == 0.1 and ckpt['iter_num'] == 4
+    assert ckpt['config']['bias'] is True and ckpt['config']['n_layer'] == 1  # the config records the model trained
+    # 4 AdamW steps of 3e-5 from GPT-2's weights, not from a fresh init (whose weights differ by ~0.02)
+    moved = max((ckpt['model'][k] - (v[:16] if k.endswith('wpe.weight') else v)).abs().max().item() for k, v in weights.items())
+    assert 0 < moved < 1e-3
+
+
+def test_gpt2_weights_refuse_dnt_and_char_data(gpt2_dir, nanogpt_data, text_data, tmp_path):
+    path, _ = gpt2_dir
+    r = train(tmp_path / 'a', nanogpt_data, f'--init_from={path}', check=False)  # TINY's preset: dnt
+    assert_clean_error(r, "train.py: error: ", "standard preset only", "preset 'dnt'")
+    r2 = train(tmp_path / 'b', text_data, f'--init_from={path}', '--preset=standard', check=False)
+    assert_clean_error(r2, "GPT-2 BPE", str(text_data))
+    for r in (r, r2):
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
 
 
 def test_configurator_overrides(tmp_path):

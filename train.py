@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import ConfigError, check_device, given
 from data import DataError, ImageData, TextData, load_meta
-from model import GPT, GPTConfig, ViT, ViTConfig, load_checkpoint
+from model import GPT, GPT2_MODELS, PRESETS, GPTConfig, ViT, ViTConfig, load_checkpoint
 
 # ----------------------------------------------------------------------------------------
 # default config: DNT GPT-2 124M on OpenWebText with mSGDW
@@ -34,8 +34,9 @@ log_interval = 10
 eval_iters = 200
 eval_only = False  # evaluate the model (resume: the checkpoint's) once, print, write nothing
 always_save_checkpoint = True  # else save only when val loss improves
-init_from = 'scratch'  # 'scratch' or 'resume' (the run in out_dir: its config, with the values given here changed)
-overwrite = False  # scratch: replace the run (ckpt.pt, log.jsonl) that out_dir already holds
+init_from = 'scratch'  # 'scratch', 'resume' (the run in out_dir: its config, with the values given here changed),
+# or GPT-2's weights to fine-tune: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
+overwrite = False  # scratch or GPT-2: replace the run (ckpt.pt, log.jsonl) that out_dir already holds
 reset_optimizer = False  # resume: start a fresh optimizer state (the way to switch optimizer mid-run)
 wandb_log = False
 wandb_project = 'nanodnt'
@@ -47,8 +48,17 @@ gradient_accumulation_steps = 40  # for the whole run: divided by the number of 
 batch_size = 12  # per micro-step and process
 block_size = 1024
 vocab_size = 0  # 0: meta.json's; 50304 pads GPT-2's 50257 to a multiple of 64 for speed
-augment = True  # images: random crop with padding and horizontal flip, on the device
+# images (data.py's ImageData); the defaults are the small-image (CIFAR) recipe, config/*imagenet.py the ImageNet one
+image_size = 0  # train at this size, evaluate on the center crop of this size; 0: as stored
+stream = False  # read batches from disk (memmap) in data_workers threads, an iteration ahead: for sets larger than memory
+data_workers = 4
+augment = True  # training images: crop, flip, mixup/CutMix on the device, per sample; False: as eval sees them
+crop = 'pad'  # 'pad': random crop of the image zero-padded by crop_padding; 'rrc': random-resized-crop
 crop_padding = 4
+rrc_min_scale = 0.08  # rrc: the crop's area is rrc_min_scale..1 of the image's, its aspect ratio 3/4..4/3
+flip = True  # random horizontal flip
+mixup = 0.0  # mixup with lam ~ Beta(mixup, mixup); 0: off
+cutmix = 0.0  # CutMix with lam ~ Beta(cutmix, cutmix); 0: off; with mixup, each micro-batch takes one of the two
 label_smoothing = 0.0
 # model (the norm switches left at None follow the preset; see model.py)
 preset = 'dnt'
@@ -104,8 +114,9 @@ try:
 except ConfigError as e:
     fail(e)
 config = {**defaults, **cli}
-if config['init_from'] not in ('scratch', 'resume'):
-    fail(f"unknown init_from {config['init_from']!r}; choose 'scratch' or 'resume'")
+if config['init_from'] not in ('scratch', 'resume', *GPT2_MODELS) and not os.path.isdir(config['init_from']):
+    fail(f"unknown init_from {config['init_from']!r}; choose 'scratch', 'resume', one of {', '.join(GPT2_MODELS)}, "
+         "or a directory holding a saved GPT2LMHeadModel")
 ckpt_path = os.path.join(config['out_dir'], 'ckpt.pt')
 log_path = os.path.join(config['out_dir'], 'log.jsonl')
 if os.path.exists(config['out_dir']) and not os.path.isdir(config['out_dir']):
@@ -190,7 +201,7 @@ def log(*args):
 
 data_dir = config['data_dir'] = data_dir or os.path.join('data', dataset)  # recorded for sample.py
 try:
-    meta = load_meta(data_dir)
+    meta = load_meta(data_dir, log)
 except (FileNotFoundError, ValueError) as e:
     fail(e)
 data_gen = torch.Generator().manual_seed(seed)  # draws the training batches; alike on every process
@@ -208,18 +219,38 @@ else:
     if H != W:
         fail(f"the ViT takes square images; {data_dir} holds {H}x{W}")
     try:
-        data = ImageData(data_dir, meta, device, batch_size, augment, crop_padding)
+        data = ImageData(data_dir, meta, device, batch_size, image_size, augment, crop, crop_padding, rrc_min_scale,
+                         flip, mixup, cutmix, stream, data_workers)
     except DataError as e:
         fail(e)
     ModelConfig, Model, loss_args = ViTConfig, ViT, dict(label_smoothing=label_smoothing)
-    derived = dict(image_size=H, in_chans=C, num_classes=meta['num_classes'])
+    derived = dict(image_size=data.size, in_chans=C, num_classes=meta['num_classes'])
 model_fields = [f.name for f in fields(ModelConfig)]
 try:
     model_config = ModelConfig(**{**{k: v for k, v in config.items() if k in model_fields}, **derived})
 except ValueError as e:
     fail(e)
+if init_from in ('scratch', 'resume'):
+    model = Model(model_config)
+else:  # GPT-2's weights set the model's size, bias and vocabulary; dropout and a shorter block_size apply
+    if meta.get('tokenizer') != 'gpt2':
+        fail(f"init_from={init_from!r} fine-tunes GPT-2, which reads GPT-2 BPE tokens; {data_dir} holds "
+             f"{meta.get('tokenizer') or meta['kind']} data: prepare GPT-2 BPE data, e.g. python prepare_data.py shakespeare")
+    try:
+        model = GPT.from_pretrained(init_from, dropout=dropout,
+                                    **{k: config[k] for k in ('preset', 'norm', *PRESETS['standard'], 'final_norm')})
+    except (ValueError, ImportError, OSError) as e:
+        fail(f"init_from={init_from!r}: {e}")
+    if block_size > model.config.block_size:
+        fail(f"block_size {block_size} exceeds the context of {init_from} ({model.config.block_size})")
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)
+    model_config = model.config
+    config.update({k: getattr(model_config, k) for k in ('n_layer', 'n_head', 'n_embd', 'bias', 'vocab_size')})  # what was trained
+    log(f"init_from={init_from}: GPT-2's weights, {model_config.n_layer} layers, {model_config.n_head} heads, "
+        f"width {model_config.n_embd}, vocab_size {model_config.vocab_size}, bias; these replace the config's")
 model_args = asdict(model_config)  # resolved: the preset's switches filled in
-model = Model(model_config).to(device)
+model = model.to(device)
 
 iter_num, best_val_loss, evaluated = 0, float('inf'), False  # evaluated: the eval of iter_num has run
 if checkpoint is not None:
@@ -370,7 +401,8 @@ def save_checkpoint():
     checkpoint = dict(model=raw_model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
                       model_args=model_args, model_type=meta['kind'], iter_num=iter_num,
                       best_val_loss=best_val_loss, config=config, rng=rng, evaluated=evaluated,
-                      log_bytes=os.path.getsize(log_path) if os.path.exists(log_path) else 0)
+                      log_bytes=os.path.getsize(log_path) if os.path.exists(log_path) else 0,
+                      meta=meta)  # the dataset's meta.json: sample.py decodes with its tokenizer, data dir or not
     torch.save(checkpoint, ckpt_path + '.tmp')
     os.replace(ckpt_path + '.tmp', ckpt_path)  # atomic: a crash mid-write keeps the previous checkpoint
     log(f"saved checkpoint to {ckpt_path}")
