@@ -5,8 +5,13 @@ $ python bench.py config/dnt_gpt2.py
 $ python bench.py config/dnt_gpt2.py --compare="optimizer=adamw,msgdw"
 $ python bench.py config/gpt2.py --compare="preset=standard,dnt;optimizer=adamw,msgdw"
 $ python bench.py --model=vit --profile=True --trace=trace.json
+$ python bench.py config/dnt_vit_large_imagenet.py --loader=data/imagenet --device=cpu
 A step is one micro-batch: gradient_accumulation_steps is ignored. A training iteration of
 train.py costs about accumulation x (step - optimizer) + optimizer.
+--loader=DATA_DIR times train.py's image pipeline alone instead (data.py's ImageData, streamed from
+DATA_DIR at image_size with the config's augmentation, an iteration of gradient_accumulation_steps
+micro-batches at a time): images/s read from disk by data_workers threads, and images/s read and
+augmented on the device, read ahead as in train.py. No model.
 """
 import resource
 import statistics
@@ -17,7 +22,7 @@ from dataclasses import fields
 
 import torch
 
-from configurator import configure
+from configurator import ConfigError, configure
 from model import GPT, GPTConfig, ViT, ViTConfig
 
 # ----------------------------------------------------------------------------------------
@@ -61,20 +66,64 @@ device = 'cuda' if torch.cuda.is_available() else 'cpu'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
 compile = True
 seed = 1337
+# loader: train.py's image keys (image_size above)
+loader = ''  # a dataset directory: time the image pipeline on it instead of a model step
+gradient_accumulation_steps = 40
+data_workers = 4
+augment = True
+crop = 'pad'
+crop_padding = 4
+rrc_min_scale = 0.08
+flip = True
+mixup = 0.0
+cutmix = 0.0
 # train.py's other keys (I/O, data, schedule, logs): accepted so that its config files work here,
 # and unused. None takes a value of any type. test_bench.py keeps this list in step with train.py.
 out_dir = eval_interval = log_interval = eval_iters = eval_only = always_save_checkpoint = None
-init_from = wandb_log = wandb_project = wandb_run_name = dataset = data_dir = None
-gradient_accumulation_steps = augment = crop_padding = label_smoothing = None
+init_from = overwrite = reset_optimizer = wandb_log = wandb_project = wandb_run_name = dataset = data_dir = stream = label_smoothing = None
 max_iters = decay_lr = warmup_iters = lr_decay_iters = min_lr = grad_stats_interval = None
 # ----------------------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
-globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:]))
+try:
+    globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:]))
+except ConfigError as e:
+    sys.exit(f"bench.py: error: {e}")
 config = {k: globals()[k] for k in config_keys}
 # ----------------------------------------------------------------------------------------
 
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
+
+
+def time_loader():
+    """Images/s of the image pipeline on `loader`: reads alone (no read-ahead), then batches as train.py gets them."""
+    from data import DataError, ImageData, load_meta
+    try:
+        meta = load_meta(loader)
+        data = ImageData(loader, meta, device, batch_size, image_size, augment, crop, crop_padding, rrc_min_scale,
+                         flip, mixup, cutmix, stream=True, data_workers=data_workers)
+    except (FileNotFoundError, DataError) as e:
+        sys.exit(f"bench.py: {e}")
+    gen, n = torch.Generator().manual_seed(seed), gradient_accumulation_steps
+    sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
+    print(f"loader: {loader}, {meta['train_size']:,} images of {'x'.join(map(str, meta['shape']))} -> {data.size} px, "
+          f"{n} x {batch_size} images an iteration, {data_workers} threads, crop={crop} mixup={mixup} "
+          f"cutmix={cutmix}, augmented on {device}", flush=True)
+    for label, step in (('read', lambda: [wait() for wait, *_ in data.draw('train', n, slice(None), gen)]),
+                        (f'read + augment on {device}', lambda: data.get_batches('train', n, slice(None), gen))):
+        for _ in range(warmup):
+            step()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            step()
+        sync()
+        print(f"{label:<28}{iters * n * batch_size / (time.perf_counter() - t0):>12,.0f} img/s", flush=True)
+
+
+if loader:
+    time_loader()
+    sys.exit(0)
 if warmup < 1 or iters < 2:
     sys.exit("bench.py: need warmup >= 1 (it creates the optimizer state) and iters >= 2")
 if trace and not profile:

@@ -4,35 +4,54 @@ nanoGPT-style configuration: `python train.py config/x.py --key=value ...`
 Defaults are the module-level values of the calling script. A config file is Python,
 run in a fresh namespace; its public names override the defaults. `--key=value` is parsed
 with ast.literal_eval (a bare word stays a string). Later arguments win. An unknown key or a
-value of the wrong type stops the program with a message; an int is accepted for a float.
+value of the wrong type, or a config file that does not run, raises ConfigError, which the
+scripts report in one line; an int is accepted for a float.
 """
 import ast
 import difflib
 import types
+
+import torch
+
+
+class ConfigError(ValueError):
+    """A bad config file or --key=value."""
 
 
 def _check(defaults, key, value, source):
     if key not in defaults:
         close = difflib.get_close_matches(key, defaults, n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise SystemExit(f"{source}: unknown config key '{key}'{hint}")
+        raise ConfigError(f"{source}: unknown config key '{key}'{hint}")
     default = defaults[key]
     if default is None or type(value) is type(default):
         return value
     if type(default) is float and type(value) is int:
         return float(value)
-    raise SystemExit(f"{source}: {key} must be a {type(default).__name__} like {default!r}, "
+    raise ConfigError(f"{source}: {key} must be a {type(default).__name__} like {default!r}, "
                      f"got {value!r} ({type(value).__name__})")
 
 
-def configure(defaults, argv):
-    """Return a copy of `defaults` with the overrides from argv applied."""
-    config = dict(defaults)
+def check_device(device):
+    """A device train.py and sample.py can run on, here."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ('cpu', 'cuda'):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if kind == 'cuda' and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked, but torch sees no CUDA device here; use --device=cpu")
+
+
+def given(defaults, argv):
+    """The keys that argv sets (config files and --key=value; later ones win), checked against defaults."""
+    config = {}
     for arg in argv:
         if arg.startswith('--'):
             key, sep, value = arg[2:].partition('=')
             if not sep:
-                raise SystemExit(f"expected --key=value, got '{arg}'")
+                raise ConfigError(f"expected --key=value, got '{arg}'")
             try:
                 value = ast.literal_eval(value)
             except (ValueError, SyntaxError):
@@ -43,12 +62,20 @@ def configure(defaults, argv):
                 with open(arg) as f:
                     code = f.read()
             except OSError as e:
-                raise SystemExit(f"cannot read config file '{arg}': {e.strerror}")
+                raise ConfigError(f"cannot read config file '{arg}': {e.strerror}")
             namespace = {}
-            exec(compile(code, arg, 'exec'), namespace)
+            try:
+                exec(compile(code, arg, 'exec'), namespace)
+            except Exception as e:  # a config file is a program: whatever it raises, say where in one line
+                raise ConfigError(f"config file '{arg}' does not run: {type(e).__name__}: {e}") from None
             overrides = {k: v for k, v in namespace.items()
                          if not k.startswith('_') and not isinstance(v, types.ModuleType) and not callable(v)}
             source = arg
         for key, value in overrides.items():
             config[key] = _check(defaults, key, value, source)
     return config
+
+
+def configure(defaults, argv):
+    """Return a copy of `defaults` with the overrides from argv applied."""
+    return {**defaults, **given(defaults, argv)}

@@ -19,6 +19,7 @@ Most weights then feed a norm, the loss is invariant to their scale, and momentu
 decoupled weight decay (mSGDW) trains the model with a single global learning rate.
 """
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,7 @@ PRESETS = {
 }
 PRESETS['standard'], PRESETS['dnt'] = PRESETS['s1'], PRESETS['s5']
 NORMS = ('layernorm', 'rmsnorm')
+GPT2_MODELS = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # OpenAI's weights on the Hugging Face hub
 
 # ----------------------------------------------------------------------------------------
 # configs
@@ -55,6 +57,9 @@ class TransformerConfig:
     final_norm: bool = True
 
     def __post_init__(self):
+        self.check_positive('n_layer', 'n_head', 'n_embd')
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if self.norm not in NORMS:
@@ -68,10 +73,19 @@ class TransformerConfig:
             if not isinstance(getattr(self, switch), bool):
                 raise ValueError(f"{switch} must be True or False, got {getattr(self, switch)!r}")
 
+    def check_positive(self, *names):
+        for name in names:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
 @dataclass
 class GPTConfig(TransformerConfig):
     block_size: int = 1024
     vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for speed
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_positive('block_size', 'vocab_size')
 
 @dataclass
 class ViTConfig(TransformerConfig):
@@ -83,6 +97,7 @@ class ViTConfig(TransformerConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self.check_positive('image_size', 'patch_size', 'in_chans', 'num_classes')
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
         if self.pool not in ('cls', 'mean'):
@@ -156,15 +171,27 @@ class SGDW(torch.optim.SGD):
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, nesterov=False, **kwargs):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, **kwargs)
-        for group in self.param_groups:  # SGD's own weight_decay is coupled (added to the gradient): keep it 0
-            group['decoupled_weight_decay'], group['weight_decay'] = group['weight_decay'], 0.0
+
+    def add_param_group(self, param_group):  # __init__ adds its groups through here too
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]  # SGD's own weight_decay is coupled (added to the gradient): keep it 0
+        group['decoupled_weight_decay'], group['weight_decay'] = group['weight_decay'], 0.0
 
     @torch.no_grad()
     def step(self, closure=None):
+        # GradScaler calls a fused SGD's step even when it skips the step, with found_inf = 1 (a device
+        # tensor, read without a sync); then the decay must be skipped too. Unfused, it skips step() itself.
+        skip = getattr(self, 'found_inf', None)
         for group in self.param_groups:
             params = [p for p in group['params'] if p.grad is not None]
+            if group['fused'] and group['momentum']:
+                # fused SGD leaves a new momentum buffer uninitialized (torch.empty) when its first step is
+                # skipped; a zero buffer gives the same first step (0 * momentum + g) and no garbage after a skip
+                for p in params:
+                    self.state[p].setdefault('momentum_buffer', torch.zeros_like(p))
             if params and group['decoupled_weight_decay']:
-                torch._foreach_mul_(params, 1 - group['lr'] * group['decoupled_weight_decay'])
+                decay = group['lr'] * group['decoupled_weight_decay']
+                torch._foreach_mul_(params, 1 - decay if skip is None else 1 - decay * (1 - skip))
         return super().step(closure)
 
 # ----------------------------------------------------------------------------------------
@@ -201,6 +228,25 @@ class MuonAdamW:
     def load_state_dict(self, state_dict):
         self.optimizers[0].load_state_dict(state_dict['muon'])
         self.optimizers[1].load_state_dict(state_dict['adamw'])
+
+# ----------------------------------------------------------------------------------------
+# checkpoints (written by train.py)
+
+def load_checkpoint(path, *keys):
+    """A train.py checkpoint, on the CPU (its RNG states must stay there), holding at least `keys` and
+    what sample.py needs. A missing, truncated or foreign file raises ValueError with a one-line message."""
+    if not os.path.isfile(path):
+        raise ValueError(f"no checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)  # weights_only: a file can't run code
+    except Exception as e:  # an empty, truncated or foreign file fails wherever its first bad byte is
+        reason = (str(e).strip().splitlines() or [''])[0][:200]
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {reason})") from None
+    needed = ('model', 'model_args', 'model_type', 'config', 'iter_num', *keys)
+    missing = [k for k in needed if k not in checkpoint] if isinstance(checkpoint, dict) else needed
+    if missing:
+        raise ValueError(f"{path} is not a checkpoint of train.py (it lacks {', '.join(missing)})")
+    return checkpoint
 
 # ----------------------------------------------------------------------------------------
 # the models: an embedding, the shared trunk, a head
@@ -309,6 +355,41 @@ class GPT(Transformer):
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
         self.transformer.wpe.num_embeddings = block_size
+
+    @classmethod
+    def from_pretrained(cls, name, dropout=0.0, **norms):
+        """OpenAI's GPT-2 weights (one of GPT2_MODELS, from the Hugging Face hub or its cache), or a
+        GPT2LMHeadModel saved in a local directory, in the standard preset: bias on, GPT-2's vocabulary
+        (50257) and context. `norms` (preset, norm, the switches) may only ask for that model: GPT-2
+        has no weights for DNT's extra norms. Needs Hugging Face transformers, imported only here.
+        As in nanoGPT, the MLP uses the exact GELU where GPT-2 used its tanh approximation."""
+        if name not in GPT2_MODELS and not os.path.isdir(name):
+            raise ValueError(f"unknown pretrained model {name!r}; choose one of {', '.join(GPT2_MODELS)} "
+                             "or a directory saved by transformers' GPT2LMHeadModel.save_pretrained")
+        config = GPTConfig(**norms)  # resolves the preset, so that every switch can be compared
+        standard = GPTConfig(preset='standard')
+        differ = [k for k in ('norm', *PRESETS['standard'], 'final_norm') if getattr(config, k) != getattr(standard, k)]
+        if differ:
+            raise ValueError(f"GPT-2's weights fit the standard preset only; preset {config.preset!r} with "
+                             + ', '.join(f"{k}={getattr(config, k)!r}" for k in differ)
+                             + " has norms GPT-2 has no weights for: use preset='standard'")
+        try:
+            from transformers import GPT2LMHeadModel
+        except ImportError:
+            raise ImportError("loading GPT-2 weights needs Hugging Face transformers: pip install transformers") from None
+        try:
+            hf = GPT2LMHeadModel.from_pretrained(name)
+        except Exception as e:  # hub, network and file errors come in many classes; one line for the caller
+            raise OSError(f"cannot load {name} ({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
+        c = hf.config
+        model = cls(GPTConfig(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions,
+                              vocab_size=c.vocab_size, bias=True, dropout=dropout, preset='standard'))
+        # the same keys as here, less the causal-mask buffers older transformers keep; GPT-2's Conv1D
+        # stores its weight as (in, out), nn.Linear as (out, in)
+        conv1d = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+        model.load_state_dict({k: v.t() if k.endswith(conv1d) else v for k, v in hf.state_dict().items()
+                               if not k.endswith(('.attn.bias', '.attn.masked_bias'))})
+        return model
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):

@@ -3,7 +3,9 @@
 Everything runs on tiny models on the CPU in a few seconds; the GPT-2 124M checks build
 their models on the meta device (shapes only, no memory, no init cost).
 """
+import importlib.util
 import math
+import sys
 
 import pytest
 import torch
@@ -404,13 +406,14 @@ def test_configure_optimizers_unknown_name():
         make('gpt').configure_optimizers('sgd', 0.1, 0.0)
 
 
+@pytest.mark.parametrize('fused', [False, True])
 @pytest.mark.parametrize('nesterov', [False, True])
-def test_sgdw_step_by_hand(nesterov):
+def test_sgdw_step_by_hand(nesterov, fused):
     lr, wd, mu = 0.5, 0.1, 0.9
     g = torch.Generator().manual_seed(0)
     p0, g1, g2 = (torch.randn(3, 4, generator=g, dtype=torch.float64) for _ in range(3))
     p, frozen = nn.Parameter(p0.clone()), nn.Parameter(p0.clone())  # frozen never gets a gradient
-    opt = M.SGDW([p, frozen], lr=lr, momentum=mu, weight_decay=wd, nesterov=nesterov)
+    opt = M.SGDW([p, frozen], lr=lr, momentum=mu, weight_decay=wd, nesterov=nesterov, fused=fused)
     p.grad = g1.clone()
     opt.step()
     b1 = g1
@@ -423,6 +426,30 @@ def test_sgdw_step_by_hand(nesterov):
     torch.testing.assert_close(p.detach(), p2, rtol=1e-14, atol=1e-14)
     torch.testing.assert_close(opt.state[p]['momentum_buffer'], b2, rtol=1e-14, atol=1e-14)
     assert torch.equal(frozen.detach(), p0) and frozen not in opt.state  # like torch's SGD: no grad, no decay
+
+
+@pytest.mark.parametrize('fused', [False, True])  # unfused, GradScaler skips step(); fused, step() must skip itself
+def test_sgdw_skips_decay_on_steps_gradscaler_skips(fused):
+    lr, wd = 0.5, 0.1
+    p, q = nn.Parameter(torch.ones(2, 3)), nn.Parameter(torch.ones(3))
+    opt = M.SGDW([p], lr=lr, momentum=0.9, weight_decay=wd, fused=fused)
+    opt.add_param_group(dict(params=[q], weight_decay=2 * wd))  # its own decoupled decay
+    assert [g['decoupled_weight_decay'] for g in opt.param_groups] == [wd, 2 * wd]
+    assert [g['weight_decay'] for g in opt.param_groups] == [0.0, 0.0]  # never SGD's coupled decay
+    scaler = torch.amp.GradScaler('cpu', init_scale=4.0)
+
+    def step(p_grad, q_grad):  # gradients that backward() leaves, scaled
+        scaler.scale((p * p_grad).sum() + (q * q_grad).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+
+    step(float('inf'), 1.0)
+    assert scaler.get_scale() == 2.0  # the step was skipped...
+    assert torch.equal(p.detach(), torch.ones(2, 3)) and torch.equal(q.detach(), torch.ones(3))  # ...decay included
+    step(0.0, 0.0)  # a finite step: each group decays by its own lr * wd
+    torch.testing.assert_close(p.detach(), torch.full((2, 3), 1 - lr * wd), rtol=0, atol=1e-7)
+    torch.testing.assert_close(q.detach(), torch.full((3,), 1 - lr * 2 * wd), rtol=0, atol=1e-7)
 
 
 def test_msgdw_state_is_half_of_adamw():
@@ -613,6 +640,11 @@ def test_crop_block_size_updates_flops_per_sample():
     (M.GPTConfig, dict(preset='s6'), 'unknown preset'),
     (M.ViTConfig, dict(preset='DNT'), 'unknown preset'),
     (M.ViTConfig, dict(pool='max'), 'unknown pool'),
+    (M.GPTConfig, dict(n_head=0), 'n_head must be at least 1'),
+    (M.GPTConfig, dict(n_layer=-1), 'n_layer must be at least 1'),
+    (M.GPTConfig, dict(block_size=0), 'block_size must be at least 1'),
+    (M.ViTConfig, dict(patch_size=0), 'patch_size must be at least 1'),
+    (M.GPTConfig, dict(dropout=1.0), r'dropout must be in \[0, 1\)'),
 ])
 def test_bad_config_raises(cls, kw, match):
     with pytest.raises(ValueError, match=match):
@@ -642,3 +674,59 @@ def test_mfu_peak_lookup_on_cuda(monkeypatch):
         assert model.estimate_mfu(8, 0.5) == pytest.approx(flops * 8 / 0.5 / peak)
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a: 'Some Unknown GPU')
     assert model.estimate_mfu(8, 0.5) is None
+
+
+# ----------------------------------------------------------------------------------------
+# GPT-2 weights: a randomly initialised GPT2LMHeadModel saved here stands in for OpenAI's (no download)
+
+@pytest.fixture(scope='module')
+def gpt2_dir(tmp_path_factory):
+    transformers = pytest.importorskip('transformers')
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=24, vocab_size=61, bos_token_id=0,
+                                     eos_token_id=0, activation_function='gelu')  # exact GELU as here; GPT-2's is tanh-approximated
+    hf = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():  # biases and gains away from 0 and 1, so that a misplaced one shows
+        for p in hf.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp('gpt2')
+    hf.save_pretrained(path)
+    return str(path), hf.eval()
+
+
+def test_from_pretrained_matches_gpt2lmheadmodel(gpt2_dir):
+    path, hf = gpt2_dir
+    model = M.GPT.from_pretrained(path).eval()
+    cfg = model.config
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size) == (2, 2, 32, 24, 61)
+    assert cfg.bias and cfg.preset == 'standard' and cfg.dropout == 0.0
+    assert_nanogpt_state_dict(model)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    idx = torch.randint(0, 61, (3, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, _ = model(idx, idx)  # with targets: the logits of every position
+        expected = hf(idx).logits
+    assert logits.abs().max() > 0.1  # not trivially small
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    assert M.GPT.from_pretrained(path, dropout=0.1).config.dropout == 0.1
+
+
+@pytest.mark.parametrize('norms, named', [(dict(preset='dnt'), "preset 'dnt'"), (dict(norm='rmsnorm'), "norm='rmsnorm'"),
+                                          (dict(preset='standard', qk_norm=True), 'qk_norm=True')])
+def test_from_pretrained_refuses_other_norms(norms, named):
+    # refused before anything is imported or downloaded
+    with pytest.raises(ValueError, match="standard preset only") as e:
+        M.GPT.from_pretrained('gpt2', **norms)
+    assert named in str(e.value) and '\n' not in str(e.value)
+
+
+def test_from_pretrained_errors(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="unknown pretrained model 'gpt3'"):
+        M.GPT.from_pretrained('gpt3')
+    if importlib.util.find_spec('transformers'):  # a directory without a saved model: one line, whatever transformers raised
+        with pytest.raises(OSError, match=r"^cannot load .*\(\w+: ") as e:
+            M.GPT.from_pretrained(str(tmp_path))
+        assert '\n' not in str(e.value)
+    monkeypatch.setitem(sys.modules, 'transformers', None)  # what an uninstalled package looks like to import
+    with pytest.raises(ImportError, match=r"pip install transformers"):
+        M.GPT.from_pretrained(str(tmp_path))

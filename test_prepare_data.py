@@ -8,6 +8,7 @@ import http.server
 import io
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -23,8 +24,12 @@ import prepare_data as pd
 SCRIPT = Path(__file__).with_name('prepare_data.py')
 TEXT = "First Citizen:\nBefore we proceed — any further, hear me speak. Café, naïve!\n\n" * 30 + "Exeunt.\r\n"  # \r kept
 
-def run(*args):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=120)
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+def snapshot(d):
+    """Every file under d with its bytes (and every directory), to check that nothing changed."""
+    return {p.relative_to(d).as_posix(): p.read_bytes() if p.is_file() else None for p in sorted(Path(d).rglob('*'))}
 
 def assert_clean_failure(r, out_dir):
     assert r.returncode != 0
@@ -84,6 +89,45 @@ def test_shakespeare_bpe(tmp_path):
     assert (meta['train_tokens'], meta['val_tokens']) == (len(train), len(val))
     encode, decode = pd.get_tokenizer(meta)
     assert decode(train) + decode(val) == TEXT and encode('Café') == enc.encode_ordinary('Café')
+    assert encode('<|endoftext|>Hello') == [enc.eot_token, 15496]  # in a prompt, the EOT token (nanoGPT's [50256, 15496])
+
+def byte_level_encoding():
+    """A tiktoken Encoding over raw bytes with GPT-2's EOT token: stands in for the GPT-2 BPE files offline."""
+    import tiktoken
+    return tiktoken.Encoding('bytes', pat_str=r"\S+|\s+", mergeable_ranks={bytes([i]): i for i in range(256)},
+                             special_tokens={'<|endoftext|>': 256})
+
+def test_openwebtext_from_local_parquet(tmp_path, monkeypatch):
+    """OpenWebText as the hub publishes it (data/train-0000K-of-0000N.parquet, one 'text' column), through the
+    real path: datasets' parquet builder, the split, tokenizing in 2 processes, the sharded writer."""
+    pytest.importorskip('datasets')
+    pq, pa = pytest.importorskip('pyarrow.parquet'), pytest.importorskip('pyarrow')
+    docs = [f"Document {i}: " + "words and more words, café. " * (i % 7 + 1) for i in range(40)]
+    src = tmp_path / 'owt'
+    (src / 'data').mkdir(parents=True)
+    for k, part in enumerate((docs[:25], docs[25:])):
+        pq.write_table(pa.table({'text': part}), src / 'data' / f'train-0000{k}-of-00002.parquet')
+    monkeypatch.setattr(pd, '_gpt2', byte_level_encoding)
+    out = tmp_path / 'data' / 'openwebtext'
+    pd.main(['openwebtext', '--input', str(src), '--out_dir', str(out), '--num_proc', '2'])
+    meta = pd.load_meta(out)
+    assert meta['kind'] == 'text' and meta['tokenizer'] == 'gpt2' and meta['vocab_size'] == 257
+    got = {}
+    for split in ('train', 'val'):
+        ids = read_tokens(out, split)
+        assert ids[-1] == 256 and meta[f'{split}_tokens'] == len(ids)  # every document ends with EOT
+        got[split] = np.where(ids == 256, 0, ids).astype(np.uint8).tobytes().decode().split('\0')[:-1]  # EOT -> NUL
+    assert len(got['val']) == 1  # 0.05% of 40 documents, rounded up, as in nanoGPT
+    assert sorted(got['train'] + got['val']) == sorted(docs)
+    assert sorted(os.listdir(tmp_path / 'data')) == ['downloads', 'openwebtext']  # the datasets cache: --cache_dir's default
+
+def test_openwebtext_input_without_parquet(tmp_path):
+    pytest.importorskip('datasets')
+    (tmp_path / 'owt').mkdir()
+    out = tmp_path / 'data' / 'openwebtext'
+    r = run('openwebtext', '--input', tmp_path / 'owt', '--out_dir', out)
+    assert_clean_failure(r, out)
+    assert 'no .parquet files' in r.stderr and 'hf download Skylion007/openwebtext' in r.stderr
 
 # ----------------------------------------------------------------------------------------
 # downloads: a local HTTP server stands in for the real URL
@@ -296,3 +340,62 @@ def test_clean_failure(tmp_path, kind):
     assert_clean_failure(r, out)
     if kind == 'unknown_name':
         assert 'unknown dataset' in r.stderr and 'shakespeare_char' in r.stderr
+
+# ----------------------------------------------------------------------------------------
+# what an out_dir may replace, and inputs too small or not text: one line, every file as it was
+
+def _setup(tmp_path, case):
+    """(arguments, cwd) for one bad invocation; tmp_path holds a good dataset in data/sc and other files."""
+    src, sc = tmp_path / 'input.txt', tmp_path / 'data' / 'sc'
+    src.write_text(TEXT, encoding='utf-8')
+    assert run('shakespeare_char', '--input', src, '--out_dir', sc).returncode == 0
+    clone = tmp_path / 'clone'  # a checkout with history and a subfolder
+    (clone / '.git').mkdir(parents=True)
+    (clone / '.git' / 'HEAD').write_text('ref: refs/heads/main\n')
+    (clone / 'sub').mkdir()
+    (clone / 'train.py').write_text('print(1)\n')
+    (tmp_path / 'mydata' / 'other_dataset').mkdir(parents=True)
+    (tmp_path / 'mydata' / 'other_dataset' / 'important.txt').write_text('keep me')
+    shutil.copytree(sc, tmp_path / 'data' / 'sc_plus')
+    (tmp_path / 'data' / 'sc_plus' / 'notes.txt').write_text('mine')
+    inputs = {'empty_input': b'', 'two_chars': b'ab', 'binary_input': bytes(range(256)) * 4}
+    if case in inputs:
+        (tmp_path / case).write_bytes(inputs[case])
+        return ['shakespeare_char', '--input', tmp_path / case, '--out_dir', sc], None
+    out_dir, cwd = {'unrelated_dir': (tmp_path / 'mydata', None), 'dataset_plus_file': (tmp_path / 'data' / 'sc_plus', None),
+                    'out_dir_is_file': (clone / 'train.py', None), 'cwd': ('.', clone), 'parent_of_cwd': ('..', clone / 'sub'),
+                    'cwd_absolute': (clone, clone)}[case]
+    return ['shakespeare_char', '--input', src, '--out_dir', out_dir], cwd
+
+@pytest.mark.parametrize('case, words', [
+    ('empty_input', ['too small', 'train split has 0 token']),
+    ('two_chars', ['too small', 'train split has 1 token']),
+    ('binary_input', ['not UTF-8 text', 'offset 128']),
+    ('unrelated_dir', ['not a dataset written by prepare_data.py', 'other_dataset']),
+    ('dataset_plus_file', ['not a dataset written by prepare_data.py', 'notes.txt']),
+    ('out_dir_is_file', ['not a directory']),
+    ('cwd', ['working directory']),
+    ('parent_of_cwd', ['working directory']),
+    ('cwd_absolute', ['working directory']),
+])
+def test_refuses_and_changes_nothing(tmp_path, case, words):
+    args, cwd = _setup(tmp_path, case)
+    before = snapshot(tmp_path)
+    r = run(*args, cwd=cwd)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('prepare_data.py: error: '), r.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+    assert snapshot(tmp_path) == before  # the dataset, the checkout, the other files: byte for byte, nothing added
+
+def test_replaces_its_own_dataset_or_an_empty_dir(tmp_path):
+    src, sc, empty = tmp_path / 'input.txt', tmp_path / 'data' / 'sc', tmp_path / 'data' / 'empty'
+    src.write_text(TEXT, encoding='utf-8')
+    assert run('shakespeare_char', '--input', src, '--out_dir', sc).returncode == 0
+    empty.mkdir()
+    src.write_text(TEXT.upper(), encoding='utf-8')
+    for out in (sc, empty):
+        r = run('shakespeare_char', '--input', src, '--out_dir', out)
+        assert r.returncode == 0, r.stderr
+        assert pd.get_tokenizer(pd.load_meta(out))[1](read_tokens(out, 'train')) == TEXT.upper()[:int(0.9 * len(TEXT))]
+    assert sorted(os.listdir(tmp_path / 'data')) == ['empty', 'sc']  # no temporary or old copies left

@@ -13,6 +13,8 @@ import torch
 import sample
 from model import ViT, ViTConfig
 
+TORCH_LOAD = torch.load
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONIOENCODING': 'utf-8'}  # tiny tensors; shared CPUs
 SEP = '\n---------------\n'
@@ -106,6 +108,35 @@ def test_data_dir_override(text_run, capsys, tmp_path):
     assert len(samples(out)) == 1
 
 
+def test_checkpoint_decodes_without_its_data_dir(text_run, capsys, tmp_path, monkeypatch):
+    """A checkpoint copied to another machine: the dataset is not there, the checkpoint's meta decodes."""
+    out_dir, _ = text_run
+    args = [f'--start={PROMPT}', '--num_samples=2', '--max_new_tokens=20', '--device=cpu']
+    expected = sample_main(capsys, f'--out_dir={out_dir}', *args)
+    ckpt = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True)
+    ckpt['config']['data_dir'] = str(tmp_path / 'gone')
+    torch.save(ckpt, tmp_path / 'ckpt.pt')
+    loads = []
+    monkeypatch.setattr(torch, 'load', lambda *a, **kw: loads.append(kw.get('map_location')) or TORCH_LOAD(*a, **kw))
+    assert sample_main(capsys, f'--out_dir={tmp_path}', *args) == expected
+    assert loads == ['cpu']  # the optimizer state stays on the CPU whatever --device is; only the model moves
+    del ckpt['meta']  # a checkpoint from before the meta was stored: the dataset is needed, and the error says so
+    torch.save(ckpt, tmp_path / 'ckpt.pt')
+    with pytest.raises(SystemExit, match='meta.json missing'):
+        sample_main(capsys, f'--out_dir={tmp_path}', *args)
+
+
+@pytest.mark.parametrize('arg, value', [('--compile=True', True), ('--compile=False', False), ('--compile', True), (None, False)])
+def test_compile_takes_true_or_false(arg, value):
+    assert sample.parse_args([arg] if arg else []).compile is value
+
+
+def test_compile_rejects_other_words():
+    with pytest.raises(SystemExit) as e:
+        sample.parse_args(['--compile=yes'])
+    assert e.value.code == "sample.py: error: argument --compile: expected True or False, got 'yes'"  # one line, no usage
+
+
 def test_padded_vocab_never_samples_padding(text_run, capsys, tmp_path):
     """train.py's --vocab_size pads the vocabulary (GPT-2: 50257 -> 50304); the padding ids have no characters.
     Here the padding rows are made large, so that sampling them is likely unless sample.py masks them."""
@@ -142,6 +173,45 @@ def test_missing_checkpoint_fails_cleanly(tmp_path, capsys):
     assert isinstance(message, str) and '\n' not in message  # a str code: exit status 1, printed to stderr
     assert 'ckpt.pt' in message and 'train' in message and '--out_dir' in message
     assert capsys.readouterr().out == ''
+
+
+@pytest.mark.parametrize('args, ckpt, words', [
+    (['--top_k=-3'], None, '--top_k must be at least 0, got -3'),
+    (['--max_new_tokens=-5'], None, '--max_new_tokens must be at least 1, got -5'),
+    (['--num_samples=0'], None, '--num_samples must be at least 1'),
+    (['--dtype=fp16'], None, "argument --dtype: invalid choice: 'fp16'"),
+    (['--device=gpu'], None, "unknown device 'gpu'"),
+    pytest.param(['--device=cuda'], None, 'no CUDA device', marks=pytest.mark.skipif(torch.cuda.is_available(), reason='CUDA here')),
+    ([], 'corrupted', 'is not a readable checkpoint'),
+    ([], 'truncated', 'is not a readable checkpoint'),
+    ([], 'empty', 'is not a readable checkpoint'),
+    ([], 'foreign', 'is not a checkpoint of train.py (it lacks model, model_args'),
+], ids=['top_k', 'max_new_tokens', 'num_samples', 'dtype', 'device=gpu', 'device=cuda', 'corrupted', 'truncated', 'empty', 'foreign'])
+def test_bad_input_fails_in_one_line(text_run, capsys, tmp_path, args, ckpt, words):
+    out_dir, _ = text_run
+    if ckpt:
+        good = open(os.path.join(out_dir, 'ckpt.pt'), 'rb').read()
+        if ckpt == 'foreign':
+            torch.save({'weights': torch.zeros(2)}, tmp_path / 'ckpt.pt')
+        else:
+            (tmp_path / 'ckpt.pt').write_bytes({'corrupted': b'\x00' * 64 + good[64:], 'truncated': good[:len(good) // 2],
+                                                'empty': b''}[ckpt])
+        out_dir = str(tmp_path)
+    before = open(os.path.join(out_dir, 'ckpt.pt'), 'rb').read()
+    with pytest.raises(SystemExit) as e:
+        sample_main(capsys, f'--out_dir={out_dir}', f'--start={PROMPT}', '--device=cpu', *args)
+    message = e.value.code  # a str: Python prints it to stderr and exits with status 1
+    assert isinstance(message, str) and '\n' not in message and message.startswith('sample.py: error: ')
+    assert words in message, message
+    assert capsys.readouterr().out == ''
+    assert open(os.path.join(out_dir, 'ckpt.pt'), 'rb').read() == before
+
+
+def test_one_line_error_as_a_process(tmp_path):
+    (tmp_path / 'ckpt.pt').write_bytes(b'')
+    result = run('sample.py', f'--out_dir={tmp_path}', '--device=cpu')
+    assert result.returncode == 1 and result.stdout == ''
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and 'not a readable checkpoint' in result.stderr
 
 
 # ----------------------------------------------------------------------------------------
@@ -195,3 +265,24 @@ def test_image_accuracy_matches_checkpoint_and_train_log(image_run, capsys):
     last = [r for r in records if r['iter'] == ckpt['iter_num'] and 'val_acc' in r][-1]
     assert acc == pytest.approx(100 * last['val_acc'], abs=0.006)
     assert loss == pytest.approx(last['val_loss'], abs=1e-3)
+
+
+# ----------------------------------------------------------------------------------------
+# GPT-2's weights without a checkpoint (a random GPT2LMHeadModel saved here stands in for OpenAI's)
+
+def test_init_from_gpt2_greedy_matches_transformers(tmp_path, capsys):
+    transformers = pytest.importorskip('transformers')
+    tiktoken = pytest.importorskip('tiktoken')
+    try:  # online, or offline from $TIKTOKEN_CACHE_DIR
+        enc = tiktoken.get_encoding('gpt2')
+    except Exception as e:
+        pytest.skip(f"tiktoken cannot load gpt2 here (offline, no TIKTOKEN_CACHE_DIR?): {type(e).__name__}")
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32,
+                                                              activation_function='gelu')).eval()  # exact GELU, as here
+    hf.save_pretrained(tmp_path)
+    out = sample_main(capsys, f'--init_from={tmp_path}', '--start=<|endoftext|>Hello', '--num_samples=1',
+                      '--max_new_tokens=12', '--top_k=1', '--device=cpu')
+    prompt = [enc.eot_token] + enc.encode_ordinary('Hello')  # '<|endoftext|>' is the EOT token, as in nanoGPT
+    expected = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=enc.eot_token)
+    assert samples(out) == [enc.decode(expected[0].tolist())]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from configurator import configure
+from configurator import ConfigError, configure, given
 
 REPO = Path(__file__).resolve().parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}  # tiny tensors, shared CPUs
@@ -32,7 +32,7 @@ LM = {  # per optimizer: learning rate and dropout; learning_rate=1 (an int) che
     'adamw': dict(optimizer='adamw', learning_rate=1e-2, min_lr=1e-3, dropout=0.0),
     'muon': dict(optimizer='muon', learning_rate=1e-2, min_lr=1e-3, dropout=0.0),
 }
-CKPT_KEYS = {'model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config', 'rng'}
+CKPT_KEYS = {'model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config', 'rng', 'meta'}
 
 
 def arg(key, value):
@@ -46,6 +46,15 @@ def train(out_dir, data_dir, *extra, torchrun=False, check=True, timeout=300, **
     launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2'] if torchrun else [sys.executable]
     r = subprocess.run([*launcher, 'train.py', *(arg(k, v) for k, v in cfg.items()), *extra],
                        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r
+
+
+def resume(out_dir, *extra, check=True):
+    """Resume the run in out_dir giving only where it runs (and `extra`): the rest comes from its checkpoint."""
+    r = subprocess.run([sys.executable, 'train.py', '--init_from=resume', arg('out_dir', str(out_dir)), '--device=cpu',
+                        '--dtype=float32', '--compile=False', *extra], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     if check:
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return r
@@ -117,7 +126,8 @@ def image_data(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def lm_runs(tmp_path_factory, text_data):
-    """Per optimizer, made once: 2N steps straight; N steps (kept as `half`) then resumed to 2N."""
+    """Per optimizer, made once: 2N steps straight; N steps (kept as `half`) then resumed to 2N, giving only
+    max_iters (the checkpoint's config differs from train.py's defaults in model, data, batch and lr)."""
     cache = {}
 
     def get(opt):
@@ -127,7 +137,7 @@ def lm_runs(tmp_path_factory, text_data):
             train(d / 'straight', text_data, max_iters=2 * N, **cfg)
             train(d / 'resumed', text_data, max_iters=N, **cfg)
             shutil.copytree(d / 'resumed', d / 'half')  # a good checkpoint at iter N, for other tests to copy
-            train(d / 'resumed', text_data, '--init_from=resume', max_iters=2 * N, **cfg)
+            resume(d / 'resumed', f'--max_iters={2 * N}')
             cache[opt] = d
         return cache[opt]
 
@@ -161,6 +171,7 @@ def test_lm_run_learns_and_writes_outputs(lm_runs, text_data, opt):
     assert ckpt['best_val_loss'] == pytest.approx(min(v for _, v in vals))
     assert ckpt['model_args']['n_layer'] == 1 and ckpt['model_args']['vocab_size'] == len(set(TEXT))
     assert ckpt['model_args']['qk_norm'] is True  # preset 'dnt' resolved into the switches
+    assert ckpt['meta'] == json.loads((text_data / 'meta.json').read_text())  # sample.py decodes with it
     config = json.loads((out / 'config.json').read_text())
     assert config == ckpt['config'] and config['optimizer'] == opt and config['max_iters'] == 2 * N
     assert type(config['learning_rate']) is float and config['learning_rate'] == LM[opt]['learning_rate']
@@ -198,6 +209,10 @@ def test_resume_is_exact(lm_runs, opt):
             torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-6)
     la, lb = read_log(d / 'straight'), read_log(d / 'resumed')
     assert train_losses(la) == train_losses(lb)  # the resumed log continues the first half's, loss for loss
+    ca, cb = (json.loads((d / run / 'config.json').read_text()) for run in ('straight', 'resumed'))
+    invocation = dict(out_dir='', init_from='')
+    assert {**ca, **invocation} == {**cb, **invocation}  # the stored run's config, with max_iters as given
+    assert [r['resume'] for r in lb if 'resume' in r] == [{'max_iters': {'checkpoint': N, 'now': 2 * N}}]
     assert val_losses(la)[-1] == val_losses(lb)[-1]
     assert a['best_val_loss'] == b['best_val_loss']
 
@@ -258,6 +273,151 @@ def test_resume_without_checkpoint(text_data, tmp_path):
     assert_clean_error(r, 'train.py: error: ', 'no checkpoint', str(tmp_path / 'ckpt.pt'))
 
 
+def snapshot(*dirs):
+    """Every path under dirs with its bytes (None for a directory): equal snapshots, nothing changed."""
+    return {str(p): p.read_bytes() if p.is_file() else None for d in dirs for p in sorted(Path(d).rglob('*'))}
+
+
+def assert_one_line_error(r, *words):
+    assert r.returncode == 1, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('train.py: error: '), r.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+@pytest.fixture(scope='module')
+def bad_data(tmp_path_factory, text_data):
+    """Broken copies of text_data, by name."""
+    root, out = tmp_path_factory.mktemp('bad_data'), {}
+    for name in ('short_train', 'bad_ids', 'empty'):
+        d = out[name] = Path(shutil.copytree(text_data, root / name))
+        train_ids = np.fromfile(d / 'train.bin', dtype=np.uint16)
+        if name == 'short_train':
+            train_ids[:10].tofile(d / 'train.bin')
+        elif name == 'bad_ids':
+            train_ids[100] = 60000
+            train_ids.tofile(d / 'train.bin')
+        else:
+            for split in ('train', 'val'):
+                (d / f'{split}.bin').write_bytes(b'')
+    return out
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+SCRATCH = ['--init_from=scratch', '--overwrite=True']  # a check that came too late would wipe the run
+RESUME = ['--init_from=resume']
+BAD_INPUTS = [  # (case, arguments, words of the message); every case runs on a copy of a run with a checkpoint
+    ('batch_size=0', SCRATCH + ['--batch_size=0'], ['batch_size must be at least 1, got 0']),
+    ('batch_size=-1', SCRATCH + ['--batch_size=-1'], ['batch_size must be at least 1, got -1']),
+    ('gradient_accumulation_steps=0', SCRATCH + ['--gradient_accumulation_steps=0'], ['gradient_accumulation_steps must be at least 1']),
+    ('eval_interval=0', SCRATCH + ['--eval_interval=0'], ['eval_interval must be at least 1']),
+    ('eval_iters=0', SCRATCH + ['--eval_iters=0'], ['eval_iters must be at least 1']),
+    ('log_interval=0', SCRATCH + ['--log_interval=0'], ['log_interval must be at least 1']),
+    ('n_head=0', SCRATCH + ['--n_head=0'], ['n_head must be at least 1']),
+    ('device=cuda', SCRATCH + ['--device=cuda'], ['no CUDA device', '--device=cpu']),
+    ('device=gpu', SCRATCH + ['--device=gpu'], ["unknown device 'gpu'"]),
+    ('dtype=float64', SCRATCH + ['--dtype=float64'], ["unknown dtype 'float64'"]),
+    ('dtype=fp16', SCRATCH + ['--dtype=fp16'], ["unknown dtype 'fp16'"]),
+    ('config file with a syntax error', SCRATCH + ['BAD_CONFIG'], ['does not run', 'SyntaxError']),
+    ('block_size longer than the data', SCRATCH + ['--block_size=100000'], ['.bin holds', 'block_size 100000 needs at least 100001']),
+    ('train.bin too short', SCRATCH + ['DATA=short_train'], ['train.bin holds 10 tokens', 'block_size 16 needs at least 17']),
+    ('token ids outside the vocabulary', SCRATCH + ['DATA=bad_ids'], ['token id 60000', 'outside the vocabulary']),
+    ('empty dataset', SCRATCH + ['DATA=empty'], ['train.bin holds 0 tokens']),
+    ('unknown init_from', ['--init_from=gpt3'], ["unknown init_from 'gpt3'"]),
+    ('scratch over a checkpoint', ['--init_from=scratch'], ['holds an earlier run', '--init_from=resume', '--overwrite=True']),
+    ('out_dir is a file', SCRATCH + ['OUT=config.json'], ['exists and is not a directory']),
+    ('min_lr above learning_rate', SCRATCH + ['--learning_rate=1e-3'], ['min_lr (0.1) is above learning_rate (0.001)']),
+    ('checkpoint corrupted', RESUME + ['CKPT=corrupted'], ['not a readable checkpoint']),
+    ('checkpoint truncated', RESUME + ['CKPT=truncated'], ['not a readable checkpoint']),
+    ('checkpoint empty', RESUME + ['CKPT=empty'], ['not a readable checkpoint']),
+    ('resume past max_iters', RESUME + [f'--max_iters={N - 1}'], [f'is at iter {N}, past max_iters ({N - 1})']),
+    ('resume with another model', RESUME + ['--n_layer=2'], ['n_layer=1 there, 2 asked']),
+]
+
+
+@pytest.mark.parametrize('case, args, words', [pytest.param(*c, id=c[0], marks=NO_CUDA if c[0] == 'device=cuda' else ())
+                                                for c in BAD_INPUTS])
+def test_bad_input_changes_nothing(lm_runs, text_data, bad_data, tmp_path, case, args, words):
+    out, data = good_run_copy(lm_runs, tmp_path / 'out'), text_data
+    argv = []
+    for a in args:
+        kind, _, value = a.partition('=')
+        if kind == 'DATA':
+            data = bad_data[value]
+        elif kind == 'OUT':
+            out = out / value
+        elif kind == 'CKPT':
+            ckpt = tmp_path / 'out' / 'ckpt.pt'
+            good = ckpt.read_bytes()
+            ckpt.write_bytes({'corrupted': b'\x00' * 64 + good[64:], 'truncated': good[:len(good) // 2], 'empty': b''}[value])
+        elif kind == 'BAD_CONFIG':
+            (tmp_path / 'bad_config.py').write_text("batch_size = (8\n")
+            argv.append(str(tmp_path / 'bad_config.py'))
+        else:
+            argv.append(a)
+    before = snapshot(tmp_path / 'out', data)
+    r = train(out, data, *argv, check=False, max_iters=2 * N, eval_interval=N, **LM['msgdw'])
+    assert_one_line_error(r, *words)
+    assert snapshot(tmp_path / 'out', data) == before
+
+
+@pytest.mark.parametrize('old, new', [('msgdw', 'adamw'), ('adamw', 'muon'), ('muon', 'msgdw')])
+def test_resume_with_another_optimizer_is_refused(lm_runs, tmp_path, old, new):
+    out = Path(shutil.copytree(lm_runs(old) / 'half', tmp_path / 'out'))
+    before = snapshot(out)
+    r = resume(out, f'--optimizer={new}', f'--max_iters={N + 1}', check=False)
+    assert_one_line_error(r, f"optimizer='{old}'", f"--optimizer={old}", '--reset_optimizer=True')
+    assert snapshot(out) == before
+
+
+def test_resume_with_a_fresh_optimizer_state(lm_runs, tmp_path):
+    out = Path(shutil.copytree(lm_runs('msgdw') / 'half', tmp_path / 'out'))
+    r = resume(out, '--optimizer=muon', '--reset_optimizer=True', '--learning_rate=1e-2', '--min_lr=1e-3', f'--max_iters={N + 2}')
+    assert 'a fresh muon optimizer state' in r.stdout and "resume: optimizer = 'muon' (the checkpoint's run had 'msgdw')" in r.stdout
+    ckpt = load_ckpt(out)
+    assert ckpt['iter_num'] == N + 2 and ckpt['optimizer'].keys() == {'muon', 'adamw'} and ckpt['config']['optimizer'] == 'muon'
+    adamw_steps = lambda ckpt: {int(st['step']) for st in ckpt['optimizer']['adamw']['state'].values()}
+    assert adamw_steps(ckpt) == {2}  # AdamW's step counters began at the resume
+    resume(out, f'--max_iters={N + 3}')  # reset_optimizer is not taken from the checkpoint: this one continues the state
+    assert adamw_steps(load_ckpt(out)) == {3}
+
+
+@pytest.mark.parametrize('opt', LM)
+def test_resume_optimizer_hyperparameters_given_anew_take_effect(lm_runs, tmp_path, opt):
+    out = Path(shutil.copytree(lm_runs(opt) / 'half', tmp_path / 'out'))
+    r = resume(out, '--weight_decay=0.5', f'--max_iters={N + 1}')
+    assert "resume: weight_decay = 0.5 (the checkpoint's run had 0.0001)" in r.stdout
+    ckpt = load_ckpt(out)
+    groups = [g for sd in (ckpt['optimizer'].values() if opt == 'muon' else [ckpt['optimizer']]) for g in sd['param_groups']]
+    key = 'decoupled_weight_decay' if opt == 'msgdw' else 'weight_decay'
+    decays = [g[key] for g in groups]
+    assert decays == ([0.5, 0.5, 0.0] if opt == 'muon' else [0.5, 0.0])  # the matrices' groups; vectors never decay
+    assert json.loads((out / 'config.json').read_text())['weight_decay'] == 0.5 == ckpt['config']['weight_decay']
+    assert [r['resume'] for r in read_log(out) if 'resume' in r] == [{'weight_decay': {'checkpoint': 1e-4, 'now': 0.5},
+                                                                     'max_iters': {'checkpoint': N, 'now': N + 1}}]
+
+
+def test_scratch_overwrite_replaces_the_run(lm_runs, text_data, tmp_path):
+    out = good_run_copy(lm_runs, tmp_path / 'out')
+    # a replacement that diverges at once: the old run is gone, and the message names no checkpoint of it
+    r = train(out, text_data, '--overwrite=True', check=False, max_iters=1000, **{**LM['msgdw'], 'learning_rate': 1e30, 'grad_clip': 0.0})
+    assert_one_line_error(r, 'loss is', 'Lower learning_rate')
+    assert 'checkpoint' not in r.stderr and not (out / 'ckpt.pt').exists()
+    train(out, text_data, '--overwrite=True', max_iters=2, eval_interval=100, **LM['msgdw'])
+    assert load_ckpt(out)['iter_num'] == 2
+    assert [r['iter'] for r in read_log(out)] == [0, 1, 2, 2]  # eval 0, steps 1 and 2, eval 2: nothing of the old run
+
+
+def test_eval_only_writes_nothing(lm_runs, text_data, tmp_path):
+    out = good_run_copy(lm_runs, tmp_path / 'out')
+    before = snapshot(out)
+    r = resume(out, '--eval_only=True')
+    val = [v for i, v in val_losses(read_log(out)) if i == N][0]
+    assert f"step {N}: train_loss" in r.stdout and f"val_loss {val:.4f}" in r.stdout  # the checkpoint's eval, again
+    train(out, text_data, '--eval_only=True', **LM['msgdw'])  # scratch: a fresh model, next to a checkpoint
+    assert snapshot(out) == before
+
+
 def test_resume_with_other_model_config(lm_runs, text_data, tmp_path):
     out = good_run_copy(lm_runs, tmp_path / 'out')
     before = (out / 'ckpt.pt').read_bytes()
@@ -281,33 +441,58 @@ def test_nan_loss_stops_without_saving(lm_runs, text_data, tmp_path):
     assert not list(out.glob('*.tmp'))
 
 
-def test_sigterm_saves_and_resumes(text_data, tmp_path):
-    cfg = dict(LM['msgdw'], eval_interval=100000, lr_decay_iters=100000)
-    cmd = [sys.executable, 'train.py', *(arg(k, v) for k, v in {**TINY, **cfg, 'out_dir': str(tmp_path),
-           'data_dir': str(text_data), 'max_iters': 100000}.items())]
-    with open(tmp_path / 'stdout', 'w') as stdout:
+def run_until_signal(out_dir, data_dir, n_losses, sig, **cfg):
+    """Start a long run, send `sig` once its log has n_losses training losses; (returncode, stdout, stderr)."""
+    cmd = [sys.executable, 'train.py', *(arg(k, v) for k, v in {**TINY, **cfg, 'out_dir': str(out_dir),
+           'data_dir': str(data_dir), 'max_iters': 100000}.items())]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / 'stdout', 'w') as stdout:
         p = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=stdout, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.time() + 120
-            log = tmp_path / 'log.jsonl'  # polled as text: a line may be half written
-            while not log.exists() or log.read_text().count('"loss":') < 3:
+            log = out_dir / 'log.jsonl'  # polled as text: a line may be half written
+            while not log.exists() or log.read_text().count('"loss":') < n_losses:
                 assert p.poll() is None and time.time() < deadline, "the run ended or made no progress"
-                time.sleep(0.2)
-            p.send_signal(signal.SIGTERM)
+                time.sleep(0.1)
+            p.send_signal(sig)
             _, stderr = p.communicate(timeout=60)
         finally:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    assert p.returncode == 0, stderr
-    assert 'stop requested by signal' in (tmp_path / 'stdout').read_text()
+    return p.returncode, (out_dir / 'stdout').read_text(), stderr
+
+
+def test_sigterm_saves_and_resumes_with_its_eval(text_data, tmp_path):
+    cfg = dict(LM['msgdw'], eval_interval=100000, lr_decay_iters=100000)
+    code, stdout, stderr = run_until_signal(tmp_path, text_data, 3, signal.SIGTERM, **cfg)
+    assert code == 0, stderr
+    assert 'stop requested by signal' in stdout
     last = train_losses(read_log(tmp_path))[-1][0]
     ckpt = load_ckpt(tmp_path)
-    assert 3 <= ckpt['iter_num'] == last < 100000
-    # resuming continues from there
-    train(tmp_path, text_data, '--init_from=resume', **{**cfg, 'max_iters': last + 2})
+    assert 3 <= ckpt['iter_num'] == last < 100000 and ckpt['evaluated'] is False
+    # as if the signal came during the last step of a run to `last`: resuming runs the final eval it missed
+    resume(tmp_path, f'--max_iters={last}')
+    assert load_ckpt(tmp_path)['iter_num'] == last and load_ckpt(tmp_path)['evaluated'] is True
+    resume(tmp_path, f'--max_iters={last + 2}')  # and resuming continues from there
     assert load_ckpt(tmp_path)['iter_num'] == last + 2
-    assert [i for i, _ in train_losses(read_log(tmp_path))][-3:] == [last, last + 1, last + 2]
+    log = read_log(tmp_path)
+    assert [i for i, _ in train_losses(log)] == list(range(1, last + 3))  # each iteration once
+    assert [i for i, _ in val_losses(log)] == [0, last, last + 2]
+
+
+def test_sigkill_then_resume_logs_each_iteration_once(lm_runs, text_data, tmp_path):
+    """Killed past its checkpoint at 5: the resumed run cuts the log back to 5 and logs 6.. again,
+    and the whole log is the one of the straight run (same config except eval_interval)."""
+    code, _, _ = run_until_signal(tmp_path, text_data, 7, signal.SIGKILL, **LM['msgdw'], eval_interval=5)
+    assert code == -signal.SIGKILL
+    killed_at = train_losses(read_log(tmp_path))[-1][0]
+    assert 5 <= load_ckpt(tmp_path)['iter_num'] <= killed_at  # almost always <: steps logged past the checkpoint
+    resume(tmp_path, f'--max_iters={2 * N}')
+    log, straight = read_log(tmp_path), read_log(lm_runs('msgdw') / 'straight')
+    assert train_losses(log) == train_losses(straight)  # iterations 1..2N, each once, loss for loss
+    assert [i for i, _ in val_losses(log)] == [0, 5, 10, 15, 20]
+    assert [v for i, v in val_losses(log) if i % N == 0] == [v for _, v in val_losses(straight)]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -326,9 +511,75 @@ DEFAULTS = dict(learning_rate=1.0, max_iters=100, compile=True, dataset='openweb
 
 
 def config_error(argv):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(ConfigError) as e:
         configure(DEFAULTS, argv)
-    return str(e.value.code)
+    return str(e.value)
+
+
+# ----------------------------------------------------------------------------------------
+# nanoGPT's paths: its data format, fine-tuning GPT-2's weights
+
+@pytest.fixture(scope='module')
+def nanogpt_data(tmp_path_factory):
+    """nanoGPT's format, as its prepare.py scripts write it: uint16 GPT-2 token ids, no meta.json."""
+    d = tmp_path_factory.mktemp('nanogpt') / 'openwebtext'
+    d.mkdir()
+    cycle = np.random.default_rng(0).integers(0, 50257, 40).astype(np.uint16)  # a repeated sequence: learnable
+    np.tile(cycle, 50).tofile(d / 'train.bin')
+    np.tile(cycle, 10).tofile(d / 'val.bin')
+    return d
+
+
+@pytest.fixture(scope='module')
+def gpt2_dir(tmp_path_factory):
+    """A randomly initialised GPT2LMHeadModel, saved: it stands in for OpenAI's weights (no download)."""
+    transformers = pytest.importorskip('transformers')
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32))
+    path = tmp_path_factory.mktemp('gpt2')
+    hf.save_pretrained(path)
+    return path, {k: v.t() if k.endswith(('c_attn.weight', 'c_proj.weight', 'c_fc.weight')) else v
+                  for k, v in hf.state_dict().items()}  # in this model's layout
+
+
+def test_nanogpt_data_without_meta(nanogpt_data, tmp_path):
+    r = train(tmp_path, nanogpt_data, max_iters=2, eval_interval=2)
+    assert f"{nanogpt_data} has train.bin and val.bin but no meta.json: read as nanoGPT's format" in r.stdout
+    ckpt = load_ckpt(tmp_path)
+    assert ckpt['model_args']['vocab_size'] == 50257
+    assert ckpt['meta'] == {'kind': 'text', 'tokenizer': 'gpt2', 'vocab_size': 50257}  # what sample.py decodes with
+    assert not (nanogpt_data / 'meta.json').exists()  # the data dir is only read
+
+
+def test_finetune_gpt2_config(gpt2_dir, nanogpt_data, tmp_path):
+    """config/finetune_shakespeare.py with the stand-in weights on nanoGPT-format data, on the CPU."""
+    path, weights = gpt2_dir
+    args = dict(init_from=str(path), data_dir=str(nanogpt_data), out_dir=str(tmp_path), device='cpu', dtype='float32',
+                block_size=16, batch_size=4, gradient_accumulation_steps=1, max_iters=4, eval_interval=2, eval_iters=2,
+                always_save_checkpoint=True)
+    r = subprocess.run([sys.executable, 'train.py', 'config/finetune_shakespeare.py', *(arg(k, v) for k, v in args.items())],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert f"init_from={path}: GPT-2's weights, 1 layers" in r.stdout
+    ckpt = load_ckpt(tmp_path)
+    margs = ckpt['model_args']
+    assert (margs['n_layer'], margs['n_embd'], margs['vocab_size'], margs['block_size']) == (1, 16, 50257, 16)  # cropped
+    assert margs['bias'] and margs['preset'] == 'standard' and margs['dropout'] == 0.1 and ckpt['iter_num'] == 4
+    assert ckpt['config']['bias'] is True and ckpt['config']['n_layer'] == 1  # the config records the model trained
+    # 4 AdamW steps of 3e-5 from GPT-2's weights, not from a fresh init (whose weights differ by ~0.02)
+    moved = max((ckpt['model'][k] - (v[:16] if k.endswith('wpe.weight') else v)).abs().max().item() for k, v in weights.items())
+    assert 0 < moved < 1e-3
+
+
+def test_gpt2_weights_refuse_dnt_and_char_data(gpt2_dir, nanogpt_data, text_data, tmp_path):
+    path, _ = gpt2_dir
+    r = train(tmp_path / 'a', nanogpt_data, f'--init_from={path}', check=False)  # TINY's preset: dnt
+    assert_clean_error(r, "train.py: error: ", "standard preset only", "preset 'dnt'")
+    r2 = train(tmp_path / 'b', text_data, f'--init_from={path}', '--preset=standard', check=False)
+    assert_clean_error(r2, "GPT-2 BPE", str(text_data))
+    for r in (r, r2):
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
 
 
 def test_configurator_overrides(tmp_path):
@@ -364,3 +615,7 @@ def test_configurator_errors(tmp_path):
     f.write_text("max_iter = 5\n")
     msg = config_error([str(f)])
     assert str(f) in msg and "'max_iter'" in msg and 'did you mean max_iters' in msg
+    f.write_text("max_iters = (5\n")  # a config file is a program: one that does not run is a config error
+    assert str(f) in config_error([str(f)]) and 'SyntaxError' in config_error([str(f)])
+    f.write_text("max_iters = undefined_name\n")
+    assert 'NameError' in config_error([str(f)])

@@ -18,13 +18,12 @@ from dataclasses import asdict, fields
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import configure
-from model import GPT, GPTConfig, ViT, ViTConfig
-from prepare_data import load_images, load_meta
+from configurator import ConfigError, check_device, given
+from data import DataError, ImageData, TextData, load_meta
+from model import GPT, GPT2_MODELS, PRESETS, GPTConfig, ViT, ViTConfig, load_checkpoint
 
 # ----------------------------------------------------------------------------------------
 # default config: DNT GPT-2 124M on OpenWebText with mSGDW
@@ -33,9 +32,12 @@ out_dir = 'out'
 eval_interval = 1000
 log_interval = 10
 eval_iters = 200
-eval_only = False
+eval_only = False  # evaluate the model (resume: the checkpoint's) once, print, write nothing
 always_save_checkpoint = True  # else save only when val loss improves
-init_from = 'scratch'  # 'scratch' or 'resume'
+init_from = 'scratch'  # 'scratch', 'resume' (the run in out_dir: its config, with the values given here changed),
+# or GPT-2's weights to fine-tune: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
+overwrite = False  # scratch or GPT-2: replace the run (ckpt.pt, log.jsonl) that out_dir already holds
+reset_optimizer = False  # resume: start a fresh optimizer state (the way to switch optimizer mid-run)
 wandb_log = False
 wandb_project = 'nanodnt'
 wandb_run_name = 'dnt_gpt2'
@@ -46,8 +48,17 @@ gradient_accumulation_steps = 40  # for the whole run: divided by the number of 
 batch_size = 12  # per micro-step and process
 block_size = 1024
 vocab_size = 0  # 0: meta.json's; 50304 pads GPT-2's 50257 to a multiple of 64 for speed
-augment = True  # images: random crop with padding and horizontal flip, on the device
+# images (data.py's ImageData); the defaults are the small-image (CIFAR) recipe, config/*imagenet.py the ImageNet one
+image_size = 0  # train at this size, evaluate on the center crop of this size; 0: as stored
+stream = False  # read batches from disk (memmap) in data_workers threads, an iteration ahead: for sets larger than memory
+data_workers = 4
+augment = True  # training images: crop, flip, mixup/CutMix on the device, per sample; False: as eval sees them
+crop = 'pad'  # 'pad': random crop of the image zero-padded by crop_padding; 'rrc': random-resized-crop
 crop_padding = 4
+rrc_min_scale = 0.08  # rrc: the crop's area is rrc_min_scale..1 of the image's, its aspect ratio 3/4..4/3
+flip = True  # random horizontal flip
+mixup = 0.0  # mixup with lam ~ Beta(mixup, mixup); 0: off
+cutmix = 0.0  # CutMix with lam ~ Beta(cutmix, cutmix); 0: off; with mixup, each micro-batch takes one of the two
 label_smoothing = 0.0
 # model (the norm switches left at None follow the preset; see model.py)
 preset = 'dnt'
@@ -88,14 +99,75 @@ compile = True
 seed = 1337
 # ----------------------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
-globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:]))
-config = {k: globals()[k] for k in config_keys}  # the resolved run config, for logs and checkpoints
+defaults = {k: globals()[k] for k in config_keys}
 # ----------------------------------------------------------------------------------------
 
+
 def fail(message):
-    print(f"train.py: error: {message}", file=sys.stderr, flush=True)
+    print(f"train.py: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)  # always one line
     sys.exit(1)
 
+
+# Everything below is checked before out_dir is touched: a run that cannot start changes nothing there.
+try:
+    cli = given(defaults, sys.argv[1:])  # the keys set by config files and --key=value
+except ConfigError as e:
+    fail(e)
+config = {**defaults, **cli}
+if config['init_from'] not in ('scratch', 'resume', *GPT2_MODELS) and not os.path.isdir(config['init_from']):
+    fail(f"unknown init_from {config['init_from']!r}; choose 'scratch', 'resume', one of {', '.join(GPT2_MODELS)}, "
+         "or a directory holding a saved GPT2LMHeadModel")
+ckpt_path = os.path.join(config['out_dir'], 'ckpt.pt')
+log_path = os.path.join(config['out_dir'], 'log.jsonl')
+if os.path.exists(config['out_dir']) and not os.path.isdir(config['out_dir']):
+    fail(f"out_dir {config['out_dir']} exists and is not a directory")
+checkpoint, overrides = None, {}
+if config['init_from'] == 'resume':
+    try:
+        checkpoint = load_checkpoint(ckpt_path, 'optimizer', 'scaler', 'rng', 'best_val_loss')
+    except ValueError as e:
+        fail(f"{e}; check --out_dir, or start a new run there with --init_from=scratch (--overwrite=True replaces a ckpt.pt)")
+    # resume continues the stored run: its config, changed only where a value given here differs.
+    # The keys of this invocation (where it runs, what it does) never come from the checkpoint.
+    invocation = ('out_dir', 'init_from', 'eval_only', 'overwrite', 'reset_optimizer', 'device', 'dtype', 'compile')
+    stored = {k: v for k, v in checkpoint['config'].items() if k in defaults and k not in invocation}
+    overrides = {k: (stored[k], v) for k, v in cli.items() if k in stored and v != stored[k]}
+    config = {**defaults, **stored, **cli}
+elif os.path.exists(ckpt_path) and not config['eval_only'] and not config['overwrite']:
+    fail(f"{ckpt_path} holds an earlier run: continue it with --init_from=resume, replace it with --overwrite=True, "
+         "or give another --out_dir")
+globals().update(config)
+
+
+def check_config():
+    """The values the model config does not check itself (it raises ValueError for those)."""
+    at_least = dict(batch_size=1, gradient_accumulation_steps=1, eval_interval=1, log_interval=1, eval_iters=1,
+                    max_iters=0, warmup_iters=0, lr_decay_iters=0, grad_stats_interval=0, vocab_size=0, crop_padding=0,
+                    learning_rate=0, min_lr=0, weight_decay=0, grad_clip=0)
+    for key, low in at_least.items():
+        if config[key] < low:
+            fail(f"{key} must be at least {low}, got {config[key]}")
+    for key in ('momentum', 'beta1', 'beta2', 'label_smoothing'):
+        if not 0 <= config[key] < 1:
+            fail(f"{key} must be in [0, 1), got {config[key]}")
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        fail(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
+    try:
+        check_device(device)
+    except ConfigError as e:
+        fail(e)
+    if decay_lr and min_lr > learning_rate:
+        fail(f"min_lr ({min_lr}) is above learning_rate ({learning_rate}): the schedule would rise; lower min_lr")
+    if checkpoint is not None and checkpoint['iter_num'] > max_iters:
+        fail(f"{ckpt_path} is at iter {checkpoint['iter_num']}, past max_iters ({max_iters}); raise max_iters to train on")
+
+
+check_config()
+if wandb_log and not eval_only:
+    try:
+        import wandb
+    except ImportError:
+        fail("wandb_log=True needs wandb: pip install wandb")
 
 # distributed setup: torchrun sets RANK, LOCAL_RANK, WORLD_SIZE
 ddp = int(os.environ.get('RANK', -1)) != -1
@@ -125,104 +197,75 @@ def log(*args):
 
 
 # ----------------------------------------------------------------------------------------
-# data: one generator, seeded alike on every process, draws each iteration's global batch;
-# each process keeps its rows, so N processes see the data of one process accumulating N times
+# data (see data.py) and model: the two places where text and images differ
 
 data_dir = config['data_dir'] = data_dir or os.path.join('data', dataset)  # recorded for sample.py
 try:
-    meta = load_meta(data_dir)
-except FileNotFoundError as e:
+    meta = load_meta(data_dir, log)
+except (FileNotFoundError, ValueError) as e:
     fail(e)
-data_gen = torch.Generator().manual_seed(seed)
-eval_seed = seed + 1  # every eval draws the same batches, from its own generator
-
+data_gen = torch.Generator().manual_seed(seed)  # draws the training batches; alike on every process
 if meta['kind'] == 'text':
-    samples_per_iter = batch_size * block_size  # tokens per micro-step
-
-    def get_batches(split, n_total, rows, gen):
-        # a fresh memmap per call: a long-lived one keeps every page it touched (nanoGPT does the same)
-        data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
-        ix = torch.randint(len(data) - block_size, (n_total, batch_size), generator=gen)[rows]
-        batches = []
-        for row in ix:
-            x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in row])
-            y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in row])
-            if device_type == 'cuda':  # pinned memory lets the copy run asynchronously
-                x, y = x.pin_memory(), y.pin_memory()
-            batches.append((x.to(device, non_blocking=True), y.to(device, non_blocking=True)))
-        return batches
-else:
-    samples_per_iter = batch_size  # images per micro-step
-    images = {split: load_images(data_dir, split) for split in ('train', 'val')}
-    images = {split: (torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device),  # (N, H, W, C) -> (N, C, H, W)
-                      torch.from_numpy(y).to(device)) for split, (x, y) in images.items()}
-    channel_mean = torch.tensor(meta['mean'], device=device).view(1, -1, 1, 1)
-    channel_std = torch.tensor(meta['std'], device=device).view(1, -1, 1, 1)
-
-    def normalize(x):
-        return (x.float() / 255 - channel_mean) / channel_std
-
-    def random_crop_flip(x, shifts, flips):
-        """Per-sample crop of a zero-padded image and horizontal flip, as one gather on the device."""
-        B, C, H, W = x.shape
-        x = F.pad(x, (crop_padding,) * 4)  # (B, C, H + 2p, W + 2p)
-        rows = shifts[:, :1] + torch.arange(H, device=device)  # (B, H)
-        cols = shifts[:, 1:] + torch.arange(W, device=device)  # (B, W)
-        cols = torch.where(flips[:, None], cols.flip(1), cols)  # a flip reverses the column order
-        b, c = torch.arange(B, device=device), torch.arange(C, device=device)
-        return x[b[:, None, None, None], c[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
-
-    def get_batches(split, n_total, rows, gen):
-        x_all, y_all = images[split]
-        ix = torch.randint(len(x_all), (n_total, batch_size), generator=gen)[rows].to(device)
-        shifts = torch.randint(2 * crop_padding + 1, (n_total, batch_size, 2), generator=gen)[rows].to(device)
-        flips = (torch.rand((n_total, batch_size), generator=gen) < 0.5)[rows].to(device)
-        batches = []
-        for i, s, f in zip(ix, shifts, flips):
-            x = random_crop_flip(x_all[i], s, f) if augment else x_all[i]
-            batches.append((normalize(x), y_all[i]))
-        return batches
-
-# ----------------------------------------------------------------------------------------
-# model
-
-if meta['kind'] == 'text':
-    ModelConfig, Model = GPTConfig, GPT
+    try:
+        data = TextData(data_dir, meta, device, batch_size, block_size, eval_iters, eval_seed=seed + 1)
+    except DataError as e:
+        fail(e)
+    ModelConfig, Model, loss_args = GPTConfig, GPT, {}
     derived = dict(block_size=block_size, vocab_size=vocab_size or meta['vocab_size'])
     if derived['vocab_size'] < meta['vocab_size']:
         fail(f"vocab_size ({vocab_size}) is smaller than the dataset's ({meta['vocab_size']}); use 0 to take the dataset's")
 else:
-    ModelConfig, Model = ViTConfig, ViT
     H, W, C = meta['shape']
     if H != W:
         fail(f"the ViT takes square images; {data_dir} holds {H}x{W}")
-    derived = dict(image_size=H, in_chans=C, num_classes=meta['num_classes'])
+    try:
+        data = ImageData(data_dir, meta, device, batch_size, image_size, augment, crop, crop_padding, rrc_min_scale,
+                         flip, mixup, cutmix, stream, data_workers)
+    except DataError as e:
+        fail(e)
+    ModelConfig, Model, loss_args = ViTConfig, ViT, dict(label_smoothing=label_smoothing)
+    derived = dict(image_size=data.size, in_chans=C, num_classes=meta['num_classes'])
 model_fields = [f.name for f in fields(ModelConfig)]
 try:
     model_config = ModelConfig(**{**{k: v for k, v in config.items() if k in model_fields}, **derived})
 except ValueError as e:
     fail(e)
+if init_from in ('scratch', 'resume'):
+    model = Model(model_config)
+else:  # GPT-2's weights set the model's size, bias and vocabulary; dropout and a shorter block_size apply
+    if meta.get('tokenizer') != 'gpt2':
+        fail(f"init_from={init_from!r} fine-tunes GPT-2, which reads GPT-2 BPE tokens; {data_dir} holds "
+             f"{meta.get('tokenizer') or meta['kind']} data: prepare GPT-2 BPE data, e.g. python prepare_data.py shakespeare")
+    try:
+        model = GPT.from_pretrained(init_from, dropout=dropout,
+                                    **{k: config[k] for k in ('preset', 'norm', *PRESETS['standard'], 'final_norm')})
+    except (ValueError, ImportError, OSError) as e:
+        fail(f"init_from={init_from!r}: {e}")
+    if block_size > model.config.block_size:
+        fail(f"block_size {block_size} exceeds the context of {init_from} ({model.config.block_size})")
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)
+    model_config = model.config
+    config.update({k: getattr(model_config, k) for k in ('n_layer', 'n_head', 'n_embd', 'bias', 'vocab_size')})  # what was trained
+    log(f"init_from={init_from}: GPT-2's weights, {model_config.n_layer} layers, {model_config.n_head} heads, "
+        f"width {model_config.n_embd}, vocab_size {model_config.vocab_size}, bias; these replace the config's")
 model_args = asdict(model_config)  # resolved: the preset's switches filled in
-model = Model(model_config).to(device)
+model = model.to(device)
 
-ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-iter_num, best_val_loss, checkpoint = 0, float('inf'), None
-if decay_lr and min_lr > learning_rate:
-    fail(f"min_lr ({min_lr}) is above learning_rate ({learning_rate}): the schedule would rise; lower min_lr")
-if init_from == 'resume':
-    if not os.path.exists(ckpt_path):
-        fail(f"no checkpoint at {ckpt_path} to resume from; check --out_dir or start with --init_from=scratch")
-    checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)  # RNG states must stay on the CPU
+iter_num, best_val_loss, evaluated = 0, float('inf'), False  # evaluated: the eval of iter_num has run
+if checkpoint is not None:
     # the resolved switches are compared, not the preset's name; dropout may change between runs
     changed = {k: (v, model_args.get(k)) for k, v in checkpoint['model_args'].items()
                if model_args.get(k) != v and k not in ('preset', 'dropout')}
     if changed:
         fail(f"{ckpt_path} holds a different model: " + ', '.join(f"{k}={a!r} there, {b!r} asked" for k, (a, b) in changed.items())
              + "; use the checkpoint's settings or another --out_dir")
-    model.load_state_dict(checkpoint['model'])
+    try:
+        model.load_state_dict(checkpoint['model'])
+    except RuntimeError as e:
+        fail(f"{ckpt_path}: its weights do not fit its model_args ({str(e).splitlines()[0]})")
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
-elif init_from != 'scratch':
-    fail(f"unknown init_from '{init_from}'; choose 'scratch' or 'resume'")
+    evaluated = checkpoint.get('evaluated', True)  # checkpoints before this flag: saved only after an eval
 
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 try:
@@ -230,14 +273,31 @@ try:
 except ValueError as e:
     fail(e)
 if checkpoint is not None:
-    opt.load_state_dict(checkpoint['optimizer'])
-    scaler.load_state_dict(checkpoint['scaler'])
+    stored_optimizer = checkpoint['config'].get('optimizer')
+    if reset_optimizer:
+        log(f"resume: a fresh {optimizer} optimizer state (reset_optimizer=True)")
+    elif optimizer != stored_optimizer:
+        fail(f"{ckpt_path} was trained with optimizer={stored_optimizer!r}, and its state does not fit {optimizer!r}; "
+             f"resume with --optimizer={stored_optimizer}, or add --reset_optimizer=True to start {optimizer} from a fresh state")
+    else:
+        # the hyperparameters of this run's config, not the checkpoint's: a value given anew (say weight_decay) takes
+        # effect. The implementation flags stay the checkpoint's: its state tensors were laid out for them.
+        hyper = [{k: v for k, v in group.items() if k not in ('params', 'fused', 'foreach', 'capturable', 'differentiable')}
+                 for group in opt.param_groups]
+        try:
+            opt.load_state_dict(checkpoint['optimizer'])
+        except (KeyError, ValueError, RuntimeError) as e:
+            fail(f"{ckpt_path}: its optimizer state does not fit this model ({type(e).__name__}: {e}); "
+                 "--reset_optimizer=True starts a fresh one")
+        for group, h in zip(opt.param_groups, hyper):
+            group.update(h)
+    if checkpoint['scaler']:  # empty from a run without float16
+        scaler.load_state_dict(checkpoint['scaler'])
     data_gen.set_state(checkpoint['rng']['data'])
     if checkpoint['rng']['world_size'] == world_size:  # else dropout just continues from fresh seeds
         torch.set_rng_state(checkpoint['rng']['cpu'][rank])
         if device_type == 'cuda':
             torch.cuda.set_rng_state(checkpoint['rng']['cuda'][rank])
-    checkpoint = None  # free the memory
 
 raw_model = model
 if compile:
@@ -255,29 +315,19 @@ def all_reduce_sum(t):
 
 @torch.no_grad()
 def evaluate():
-    """LM: mean loss over eval_iters batches of each split. Images: loss and top-1 over all of val."""
+    """Mean loss on each of data.eval_splits (text: eval_iters batches of train and val; images: all of val), and top-1 for images."""
     model.eval()
     out = {}
-    if meta['kind'] == 'text':
-        for split in ('train', 'val'):
-            total = torch.zeros(2, device=device)  # (sum of losses, batches)
-            gen = torch.Generator().manual_seed(eval_seed)
-            for x, y in get_batches(split, eval_iters, slice(rank, None, world_size), gen):  # this process's share
-                with ctx:
-                    _, loss = model(x, y)
-                total += torch.stack([loss.float(), torch.ones((), device=device)])
-            loss_sum, count = all_reduce_sum(total).tolist()
-            out[f'{split}_loss'] = loss_sum / count
-    else:
-        x_val, y_val = images['val']
-        total = torch.zeros(3, device=device)  # (sum of losses, correct, samples)
-        for start in range(rank * batch_size, len(x_val), world_size * batch_size):
-            x, y = normalize(x_val[start:start + batch_size]), y_val[start:start + batch_size]
+    for split in data.eval_splits:
+        total = torch.zeros(3, device=device)  # (sum of losses x samples, correct, samples)
+        for x, y in data.eval_batches(split, rank, world_size):
             with ctx:
                 logits, loss = model(x, y)
             total += torch.stack([loss.float() * len(y), (logits.argmax(-1) == y).sum().float(), torch.tensor(len(y), device=device).float()])
         loss_sum, correct, count = all_reduce_sum(total).tolist()
-        out.update(val_loss=loss_sum / count, val_acc=correct / count)
+        out[f'{split}_loss'] = loss_sum / count
+        if meta['kind'] == 'image':
+            out[f'{split}_acc'] = correct / count
     model.train()
     return out
 
@@ -336,6 +386,8 @@ def grad_stats():
 # checkpoints and logs
 
 def save_checkpoint():
+    """Save the state after iteration iter_num; `evaluated` says whether that iteration's eval has run,
+    `log_bytes` how much of log.jsonl belongs to it (a resume cuts what a killed run wrote after)."""
     # every process's RNG state, so that resuming on the same number of processes continues exactly
     rng = dict(data=data_gen.get_state(), world_size=world_size, cpu=[torch.get_rng_state()],
                cuda=[torch.cuda.get_rng_state()] if device_type == 'cuda' else [])
@@ -348,13 +400,12 @@ def save_checkpoint():
         return
     checkpoint = dict(model=raw_model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
                       model_args=model_args, model_type=meta['kind'], iter_num=iter_num,
-                      best_val_loss=best_val_loss, config=config, rng=rng)
+                      best_val_loss=best_val_loss, config=config, rng=rng, evaluated=evaluated,
+                      log_bytes=os.path.getsize(log_path) if os.path.exists(log_path) else 0,
+                      meta=meta)  # the dataset's meta.json: sample.py decodes with its tokenizer, data dir or not
     torch.save(checkpoint, ckpt_path + '.tmp')
     os.replace(ckpt_path + '.tmp', ckpt_path)  # atomic: a crash mid-write keeps the previous checkpoint
     log(f"saved checkpoint to {ckpt_path}")
-
-
-log_path = os.path.join(out_dir, 'log.jsonl')
 
 
 def write_log(record):
@@ -365,19 +416,29 @@ def write_log(record):
             wandb.log(record, step=record['iter'])
 
 
+# every input is checked: from here on out_dir is written (never under eval_only)
 if master_process:
-    os.makedirs(out_dir, exist_ok=True)
     log(json.dumps(config, indent=1))
+    for key, (old, new) in overrides.items():
+        log(f"resume: {key} = {new!r} (the checkpoint's run had {old!r})")
+    log(f"{Model.__name__} with {raw_model.get_num_params() / 1e6:.2f}M parameters; {world_size} process(es), "
+        f"{accum_steps} micro-steps of {batch_size} each, {data.samples_per_micro_step * accum_steps * world_size:,} "
+        f"{data.unit} per iteration")
+if master_process and not eval_only:
+    os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, 'config.json'), 'w') as f:
         json.dump(config, f, indent=1)
-    if init_from == 'scratch' and os.path.exists(log_path):
-        os.remove(log_path)  # a fresh run starts a fresh log
-    log(f"{Model.__name__} with {raw_model.get_num_params() / 1e6:.2f}M parameters; {world_size} process(es), "
-        f"{accum_steps} micro-steps of {batch_size} each, {samples_per_iter * accum_steps * world_size:,} "
-        f"{'tokens' if meta['kind'] == 'text' else 'images'} per iteration")
+    if checkpoint is None:  # a fresh run starts a fresh log (and with overwrite=True, without the old checkpoint)
+        for path in (log_path, ckpt_path):
+            if os.path.exists(path):
+                os.remove(path)
+    elif os.path.exists(log_path) and os.path.getsize(log_path) > checkpoint.get('log_bytes', math.inf):
+        os.truncate(log_path, checkpoint['log_bytes'])  # what a killed run logged after its checkpoint: logged again below
     if wandb_log:
-        import wandb
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+    if checkpoint is not None:
+        write_log(dict(iter=iter_num, resume={k: dict(checkpoint=old, now=new) for k, (old, new) in overrides.items()}))
+checkpoint = None  # free the memory
 
 # SIGTERM (cluster preemption) or SIGINT: finish the step, save, exit 0. A second SIGINT kills.
 stop_signal = []
@@ -396,32 +457,34 @@ signal.signal(signal.SIGINT, request_stop)
 
 t0 = time.time()
 running_mfu = -1.0
-resumed_at = iter_num if init_from == 'resume' and not eval_only else None  # evaluated and saved before
 while True:
     lr = get_lr(iter_num)
     for group in opt.param_groups:
         group['lr'] = lr
 
-    if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num != resumed_at:
+    if eval_only or ((iter_num % eval_interval == 0 or iter_num == max_iters) and not evaluated):
         losses = evaluate()
         log(f"step {iter_num}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+        if eval_only:
+            break
         write_log(dict(iter=iter_num, lr=lr, **losses))
+        evaluated = True
         if not math.isfinite(losses['val_loss']):
             fail(f"val loss is {losses['val_loss']} at iter {iter_num}; not saving. {diverged_hint()}")
         if iter_num > 0 and (losses['val_loss'] < best_val_loss or always_save_checkpoint):
             best_val_loss = min(best_val_loss, losses['val_loss'])
             save_checkpoint()
-    if eval_only or iter_num >= max_iters:
+    if iter_num >= max_iters:
         break
 
     # forward, backward, update; sync gradients across processes on the last micro-step only
     loss_sum = torch.zeros((), device=device)
-    for micro_step, (x, y) in enumerate(get_batches('train', gradient_accumulation_steps,
-                                                    slice(rank * accum_steps, (rank + 1) * accum_steps), data_gen)):
+    for micro_step, (x, y) in enumerate(data.get_batches('train', gradient_accumulation_steps,
+                                                         slice(rank * accum_steps, (rank + 1) * accum_steps), data_gen)):
         if ddp:
             model.require_backward_grad_sync = micro_step == accum_steps - 1
         with ctx:
-            _, loss = model(x, y, label_smoothing) if meta['kind'] == 'image' else model(x, y)
+            _, loss = model(x, y, **loss_args)
             loss = loss / accum_steps  # the gradient is the mean over micro-steps
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
@@ -434,6 +497,7 @@ while True:
     scaler.update()
     opt.zero_grad(set_to_none=True)
     iter_num += 1
+    evaluated = False
 
     # one small all-reduce per iteration: every process sees the same mean loss and stop request
     status = all_reduce_sum(torch.stack([loss_sum.float(), torch.tensor(float(bool(stop_signal)), device=device)]))
@@ -443,12 +507,12 @@ while True:
     t1 = time.time()
     dt, t0 = t1 - t0, t1
     if iter_num % log_interval == 0:
-        throughput = samples_per_iter * accum_steps * world_size / dt
+        throughput = data.samples_per_micro_step * accum_steps * world_size / dt
         mfu = raw_model.estimate_mfu(accum_steps * batch_size, dt)
         if mfu is not None:
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
         log(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.3e}, time {dt * 1000:.2f}ms, "
-            f"{throughput:,.0f} {'tok' if meta['kind'] == 'text' else 'img'}/s"
+            f"{throughput:,.0f} {data.unit}/s"
             + (f", mfu {running_mfu * 100:.2f}%" if mfu is not None else ""))
         write_log(dict(iter=iter_num, loss=lossf, lr=lr, ms=dt * 1000, throughput=throughput, mfu=mfu))
     if stop:

@@ -1,4 +1,5 @@
 # DNT on Tiny Shakespeare, character level, trained with mSGDW: small enough for a laptop CPU.
+# The device is train.py's choice: a GPU when there is one (bf16), else the CPU (float32).
 # python prepare_data.py shakespeare_char && python train.py config/dnt_shakespeare_char.py
 out_dir = 'out/dnt_shakespeare_char'
 dataset = 'shakespeare_char'
@@ -13,5 +14,4 @@ learning_rate, min_lr = 0.1, 0.01  # best of reproduce.py's CPU sweep (README, R
 momentum = 0.9
 weight_decay = 1e-2
 grad_clip = 1.0
-device = 'cpu'  # remove on a GPU
-compile = False  # compiling takes longer than this run saves on a CPU
+compile = False  # a run of minutes: compiling (about a minute) would not pay for itself, on a CPU or a GPU

@@ -1,5 +1,5 @@
 # DNT-ViT on CIFAR-10 (python prepare_data.py cifar10), patch 4 on 32x32: 64 patches and a cls token.
-# A few epochs in minutes on a GPU; runs on a CPU too (set device = 'cpu', compile = False).
+# A few epochs in minutes on a GPU, which train.py picks when there is one; runs on a CPU too.
 out_dir = 'out/dnt_vit_cifar10'
 dataset = 'cifar10'
 eval_interval, log_interval = 500, 50
@@ -15,3 +15,4 @@ learning_rate, min_lr = 0.03, 0.003  # best of reproduce.py's Fashion-MNIST swee
 momentum = 0.9
 weight_decay = 1e-3
 grad_clip = 1.0
+compile = False  # compiling costs about a minute and only pays off in longer GPU runs

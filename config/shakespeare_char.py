@@ -12,5 +12,4 @@ learning_rate, min_lr = 1e-2, 1e-3  # best of reproduce.py's CPU sweep (README, 
 beta1, beta2 = 0.9, 0.95
 weight_decay = 0.1
 grad_clip = 1.0
-device = 'cpu'  # remove on a GPU
-compile = False  # compiling takes longer than this run saves on a CPU
+compile = False  # a run of minutes: compiling (about a minute) would not pay for itself, on a CPU or a GPU

@@ -14,3 +14,4 @@ learning_rate, min_lr = 1e-3, 1e-5
 beta1, beta2 = 0.9, 0.999
 weight_decay = 0.05
 grad_clip = 1.0
+compile = False  # compiling costs about a minute and only pays off in longer GPU runs

@@ -1,0 +1,290 @@
+"""Tests for the image pipeline: prepare_data.py imagefolder (JPEGs written here), data.py's
+augmentations and streaming, and train.py on the prepared folder (streamed, resumed).
+CPU only, no network. Run: python -m pytest -q test_data.py
+"""
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import data as D
+import prepare_data as pd
+import sample
+from test_train import assert_clean_error, assert_same_weights, load_ckpt, read_log, train
+
+CLASSES = ['cat', 'dog', 'eel']
+COLORS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]  # each class a color: learnable in a few steps
+
+
+def write_folder(root, n_train=6, n_val=2, seed=0):
+    """train/<class>/ and val/<class>/ of noisy JPEGs of odd sizes, plus a grayscale and a CMYK JPEG,
+    a PNG with alpha and a file that is not an image."""
+    Image = pytest.importorskip('PIL.Image')
+    rng = np.random.default_rng(seed)
+    for split, n in (('train', n_train), ('val', n_val)):
+        for c, color in zip(CLASSES, COLORS):
+            os.makedirs(root / split / c)
+            for i in range(n):
+                h, w = rng.integers(18, 50, 2)
+                img = np.clip(np.array(color) + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / split / c / f'{i:02d}.JPEG')
+    Image.fromarray(rng.integers(0, 255, (30, 41), dtype=np.uint8)).save(root / 'train' / 'cat' / 'gray.jpg')
+    Image.fromarray(rng.integers(0, 255, (33, 27, 4), dtype=np.uint8), 'CMYK').save(root / 'train' / 'dog' / 'cmyk.jpg')
+    Image.fromarray(rng.integers(0, 255, (25, 31, 4), dtype=np.uint8), 'RGBA').save(root / 'train' / 'eel' / 'alpha.png')
+    (root / 'train' / 'eel' / 'notes.txt').write_text('not an image')
+    return root
+
+
+def prepare(*argv):
+    """prepare_data.main in this process; its SystemExit message, or None on success."""
+    try:
+        pd.main([str(a) for a in argv])
+    except SystemExit as e:
+        return str(e.code)
+    return None
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+    return write_folder(tmp_path_factory.mktemp('imagefolder') / 'folder')
+
+
+@pytest.fixture(scope='module')
+def prepared(folder):
+    out = folder.parent / 'data'
+    assert prepare('imagefolder', '--input', folder, '--out_dir', out, '--image_size', 16, '--num_proc', 2) is None
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# prepare_data.py imagefolder
+
+def test_imagefolder_prepare(prepared, folder):
+    meta = D.load_meta(prepared)
+    assert meta['shape'] == [16, 16, 3] and meta['class_names'] == CLASSES and meta['num_classes'] == 3
+    assert (meta['train_size'], meta['val_size']) == (3 * 6 + 3, 3 * 2)  # + gray, cmyk, png; notes.txt skipped
+    assert sorted(os.listdir(prepared)) == ['meta.json', 'train_x.npy', 'train_y.npy', 'val_x.npy', 'val_y.npy']
+    assert not [p for p in os.listdir(prepared.parent) if p.startswith('.')]  # no partial left behind
+    x, y = D.load_images(prepared, 'train')
+    xv, yv = D.load_images(prepared, 'val')
+    assert x.dtype == np.uint8 and x.shape == (21, 16, 16, 3) and xv.shape == (6, 16, 16, 3)
+    # sorted classes, sorted files: cat has 00..05 and gray.jpg, dog 00..05 and cmyk.jpg, eel 00..05 and alpha.png
+    np.testing.assert_array_equal(y, [0] * 7 + [1] * 7 + [2] * 7)
+    np.testing.assert_array_equal(yv, [0, 0, 1, 1, 2, 2])
+    gray = x[6].astype(int)
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    for i, color in zip((0, 7, 14), COLORS):  # a class's JPEG keeps its color (resize and JPEG are close to it)
+        np.testing.assert_allclose(x[i].reshape(-1, 3).mean(0), color, atol=20)
+    np.testing.assert_allclose(meta['mean'], x.reshape(-1, 3).mean(0) / 255, rtol=1e-12)
+    np.testing.assert_allclose(meta['std'], x.reshape(-1, 3).std(0) / 255, rtol=1e-9)
+
+
+def test_decode_resizes_shorter_side_and_center_crops(tmp_path):
+    Image = pytest.importorskip('PIL.Image')
+    img = np.zeros((24, 48, 3), dtype=np.uint8)  # 48 wide: red, green, blue thirds
+    img[:, :16, 0] = img[:, 16:32, 1] = img[:, 32:, 2] = 255
+    Image.fromarray(img).save(tmp_path / 'thirds.png')
+    x = pd.decode_image(str(tmp_path / 'thirds.png'), 16)  # 24x48 -> 16x32 -> the middle 16 columns
+    assert x.shape == (16, 16, 3)
+    assert (x[:, 5:11, 1] == 255).all() and (x[:, 5:11, [0, 2]] == 0).all()  # green in the middle
+    assert x[:, 0, 0].min() > 100 and x[:, -1, 2].min() > 100  # a little red and blue at the edges
+
+
+@pytest.mark.parametrize('content, words', [(b'', 'is empty'), (b'\xff\xd8\xff\xe0 not a jpeg at all' * 3, 'cannot be decoded')])
+def test_bad_image_file_is_named(folder, tmp_path, content, words):
+    bad_folder = tmp_path / 'folder'
+    shutil.copytree(folder, bad_folder)
+    (bad_folder / 'val' / 'dog' / '01.JPEG').write_bytes(content)
+    message = prepare('imagefolder', '--input', bad_folder, '--out_dir', tmp_path / 'data', '--image_size', 16, '--num_proc', 2)
+    assert message.startswith('prepare_data.py: error: ') and '\n' not in message
+    assert str(bad_folder / 'val' / 'dog' / '01.JPEG') in message and words in message
+    assert not (tmp_path / 'data').exists()
+
+
+def test_imagefolder_layout_errors(folder, tmp_path):
+    flat = tmp_path / 'flat'
+    shutil.copytree(folder / 'train', flat / 'train')
+    os.makedirs(flat / 'val')
+    shutil.copy(folder / 'val' / 'cat' / '00.JPEG', flat / 'val' / 'ILSVRC2012_val_00000001.JPEG')  # the official, unsorted val
+    message = prepare('imagefolder', '--input', flat, '--out_dir', tmp_path / 'data')
+    assert 'no class folders' in message and 'sort them' in message
+    message = prepare('imagenet', '--input', folder, '--out_dir', tmp_path / 'data')
+    assert 'not the 1000 wnids' in message
+    assert not (tmp_path / 'data').exists()
+
+
+@pytest.mark.parametrize('bad_file, chunk, done', [
+    ('train/eel/03.JPEG', 4, dict(train=16, val=0)),  # the 18th of 21 train images: 4 saves of 4 are kept
+    ('val/dog/01.JPEG', 2, dict(train=21, val=0)),  # in val: all train kept (the val images before it went in its task of 16)
+])
+def test_imagefolder_resumes_after_a_stop(folder, prepared, tmp_path, monkeypatch, capsys, bad_file, chunk, done):
+    monkeypatch.setattr(pd, 'IMAGE_CHUNK', chunk)  # save the progress every `chunk` images
+    stopped = tmp_path / 'folder'
+    shutil.copytree(folder, stopped)
+    bad = stopped / bad_file
+    good = bad.read_bytes()
+    bad.write_bytes(b'garbage')
+    out, partial = tmp_path / 'data', tmp_path / '.data.partial'
+    message = prepare('imagefolder', '--input', stopped, '--out_dir', out, '--image_size', 16, '--num_proc', 2)
+    assert str(bad) in message and 'rerun the same command to continue' in message
+    progress = json.loads((partial / 'progress.json').read_text())
+    assert not out.exists() and (progress['train'], progress['val']) == (done['train'], done['val'])
+    bad.write_bytes(good)
+    capsys.readouterr()
+    assert prepare('imagefolder', '--input', stopped, '--out_dir', out, '--image_size', 16, '--num_proc', 2) is None
+    assert 'resuming' in capsys.readouterr().out and not partial.exists()
+    assert D.load_meta(out) == D.load_meta(prepared)  # the same as a straight run, channel statistics included
+    for split in ('train', 'val'):
+        for a, b in zip(D.load_images(out, split), D.load_images(prepared, split)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_partial_dir_of_another_kind_is_left_alone(folder, tmp_path):
+    partial = tmp_path / '.data.partial'
+    partial.mkdir()
+    (partial / 'mine.txt').write_text('keep me')
+    message = prepare('imagefolder', '--input', folder, '--out_dir', tmp_path / 'data', '--image_size', 16)
+    assert 'move it away' in message and (partial / 'mine.txt').read_text() == 'keep me'
+    assert sorted(os.listdir(partial)) == ['mine.txt'] and not (tmp_path / 'data').exists()
+
+
+# ----------------------------------------------------------------------------------------
+# augmentation
+
+def test_rrc_boxes_inside_the_image():
+    gen = torch.Generator().manual_seed(0)
+    H, W = 32, 24
+    top, left, h, w = D.rrc_boxes(4000, H, W, 0.08, gen).unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
+    assert (top + h <= H).all() and (left + w <= W).all()
+    fitted = (h != H) | (w != W)  # the rest: the whole-image fallback
+    assert fitted.float().mean() > 0.9
+    area, ratio = (h * w / (H * W))[fitted], (w / h)[fitted]
+    assert area.min() > 0.05 and area.max() <= 1 and area.mean() > 0.3  # 0.08..1 up to rounding
+    assert ratio.min() > 3 / 4 * 0.8 and ratio.max() < 4 / 3 * 1.25  # 3/4..4/3 up to rounding
+    assert (top.float().std() > 1) and (left.float().std() > 1)
+
+
+def test_crops_and_flips():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    full = torch.tensor([[0, 0, 8, 8]] * 2)
+    no, yes = torch.tensor([False, False]), torch.tensor([True, True])
+    torch.testing.assert_close(D.resized_crops(x, full, no, 8), x)  # the whole image at its size: identity
+    torch.testing.assert_close(D.resized_crops(x, full, yes, 8), x.flip(-1))
+    box = torch.tensor([[1, 2, 4, 4], [3, 0, 4, 4]])  # same size as the output: an exact crop
+    out = D.resized_crops(x, box, torch.tensor([False, True]), 4)
+    torch.testing.assert_close(out[0], x[0, :, 1:5, 2:6])
+    torch.testing.assert_close(out[1], x[1, :, 3:7, 0:4].flip(-1))
+    half = D.resized_crops(x, full, no, 4)  # downscaled by 2: each output pixel averages a 2x2 block
+    torch.testing.assert_close(half, torch.nn.functional.avg_pool2d(x, 2))
+    # padded crops: shift = padding is the image itself
+    xi = x.to(torch.uint8)
+    shifts = torch.tensor([[2, 2], [0, 4]])
+    out = D.padded_crops(xi, shifts, torch.tensor([False, True]), 8, 2)
+    assert torch.equal(out[0], xi[0])
+    # rows -2..5, columns 2..9 of the image (8, 9 and -2, -1 are padding), mirrored
+    assert torch.equal(out[1, :, 2:, 2:], xi[1, :, :6, 2:].flip(-1))
+    assert (out[1, :, :2] == 0).all() and (out[1, :, :, :2] == 0).all()
+    assert torch.equal(D.center_crop(x, 4), x[..., 2:6, 2:6])
+
+
+@pytest.mark.parametrize('cut', [False, True])
+def test_mix_targets_sum_to_one(cut):
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 3, 10, 10), torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3]), 5).float()
+    xm, ym = D.mix(x, y, 0.7, cut, (0.3, 0.6))
+    torch.testing.assert_close(ym.sum(1), torch.ones(4))
+    lam = ym[0, 0].item()  # image 0 mixed with image 3
+    assert ym[0, 3].item() == pytest.approx(1 - lam) and 0 < lam < 1
+    if cut:  # the pasted pixels come from the reversed batch, and lam is the part left
+        pasted = (xm[0] != x[0]).any(0)
+        assert torch.equal(xm[0][:, pasted], x[3][:, pasted])
+        assert lam == pytest.approx(1 - pasted.float().mean().item())
+    else:
+        assert lam == pytest.approx(0.7)
+        torch.testing.assert_close(xm[0], 0.7 * x[0] + 0.3 * x[3])
+
+
+def image_data(prepared, **kw):
+    meta = D.load_meta(prepared)
+    return D.ImageData(str(prepared), meta, 'cpu', **{'batch_size': 4, **kw})
+
+
+def test_augment_off_is_the_eval_view(prepared):
+    data = image_data(prepared, image_size=12, crop='rrc', mixup=0.8, augment=False)
+    gen = torch.Generator().manual_seed(0)
+    ix = torch.randint(21, (2, 4), generator=torch.Generator().manual_seed(0))  # the indices draw() takes first
+    x_all, y_all = D.load_images(prepared, 'train')
+    for (x, y), i in zip(data.get_batches('train', 2, slice(None), gen), ix):
+        expected = torch.from_numpy(x_all[i.numpy()]).permute(0, 3, 1, 2)[..., 2:14, 2:14]
+        torch.testing.assert_close(x, data.normalize(expected))
+        assert torch.equal(y, torch.from_numpy(y_all[i.numpy()]))
+
+
+def test_stream_matches_memory_and_splits_rows(prepared):
+    """Streamed (prefetching, 2 threads) and in-memory batches are the same; rows of one draw are
+    what N processes get: they read only their rows, and the generator ends in the same state."""
+    cfg = dict(image_size=12, crop='rrc', mixup=0.8, cutmix=1.0)
+    memory, stream = image_data(prepared, **cfg), image_data(prepared, stream=True, data_workers=2, **cfg)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    for _ in range(3):  # the second and third calls take the batches read ahead
+        for (xa, ya), (xb, yb) in zip(memory.get_batches('train', 4, slice(None), g1),
+                                      stream.get_batches('train', 4, slice(None), g2), strict=True):
+            torch.testing.assert_close(xa, xb)
+            torch.testing.assert_close(ya, yb)
+            torch.testing.assert_close(ya.sum(1), torch.ones(4))  # soft targets of mixup / CutMix
+    assert torch.equal(g1.get_state(), g2.get_state())
+    whole = memory.get_batches('train', 4, slice(None), torch.Generator().manual_seed(2))
+    parts = [b for r in (slice(0, 2), slice(2, 4)) for b in stream.get_batches('train', 4, r, torch.Generator().manual_seed(2))]
+    for (xa, ya), (xb, yb) in zip(whole, parts, strict=True):
+        torch.testing.assert_close(xa, xb)
+        torch.testing.assert_close(ya, yb)
+    evals = [list(d.eval_batches('val', 0, 1)) for d in (memory, stream)]
+    for (xa, ya), (xb, yb) in zip(*evals, strict=True):
+        torch.testing.assert_close(xa, xb)
+        assert torch.equal(ya, yb) and xa.shape[-1] == 12
+
+
+# ----------------------------------------------------------------------------------------
+# train.py on the prepared folder: streamed, random-resized-crop, mixup/CutMix, eval, exact resume
+
+def test_train_streams_evaluates_and_resumes(prepared, tmp_path, capsys):
+    cfg = dict(n_layer=1, n_head=2, n_embd=32, patch_size=4, image_size=12, stream=True, data_workers=2, crop='rrc',
+               mixup=0.8, cutmix=1.0, label_smoothing=0.1, batch_size=4, gradient_accumulation_steps=2,
+               optimizer='adamw', learning_rate=1e-3, min_lr=1e-4, eval_interval=3, lr_decay_iters=6)
+    train(tmp_path / 'straight', prepared, max_iters=6, **cfg)
+    train(tmp_path / 'resumed', prepared, max_iters=3, **cfg)
+    train(tmp_path / 'resumed', prepared, '--init_from=resume', max_iters=6, **cfg)
+    a, b = load_ckpt(tmp_path / 'straight'), load_ckpt(tmp_path / 'resumed')
+    assert a['model_args']['image_size'] == 12 and a['iter_num'] == b['iter_num'] == 6
+    assert_same_weights(a['model'], b['model'], atol=0)
+    la, lb = read_log(tmp_path / 'straight'), read_log(tmp_path / 'resumed')
+    assert [r['loss'] for r in la if 'loss' in r] == [r['loss'] for r in lb if 'loss' in r]
+    vals = [r for r in la if 'val_loss' in r]
+    assert [r['iter'] for r in vals] == [0, 3, 6] and all(0 <= r['val_acc'] <= 1 and math.isfinite(r['val_loss']) for r in vals)
+    sample.main(['--out_dir', str(tmp_path / 'straight'), '--device', 'cpu', '--dtype', 'float32'])  # center crop 12 of 16
+    acc = float(re.search(r'top-1 accuracy on val: ([\d.]+)%', capsys.readouterr().out).group(1))
+    assert acc == pytest.approx(100 * vals[-1]['val_acc'])
+
+
+def test_train_refuses_image_size_above_stored(prepared, tmp_path):
+    r = train(tmp_path, prepared, check=False, image_size=32, patch_size=4, n_layer=1, n_head=2, n_embd=32)
+    assert_clean_error(r, 'train.py: error: ', 'image_size (32)', '16x16')
+
+
+def test_bench_times_the_loader(prepared):
+    r = subprocess.run([sys.executable, 'bench.py', f'--loader={prepared}', '--image_size=12', "--crop='rrc'", '--mixup=0.8',
+                        '--batch_size=4', '--gradient_accumulation_steps=2', '--warmup=1', '--iters=2', '--device=cpu'],
+                       cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True, text=True, timeout=120,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f'loader: {prepared}, 21 images of 16x16x3 -> 12 px, 2 x 4 images an iteration')
+    rates = re.findall(r'^(read|read \+ augment on cpu) +([\d,]+) img/s$', r.stdout, re.M)
+    assert [label for label, _ in rates] == ['read', 'read + augment on cpu'] and all(float(v.replace(',', '')) > 0 for _, v in rates)
