@@ -569,6 +569,12 @@ def test_finetune_gpt2_config(gpt2_dir, nanogpt_data, tmp_path):
     # 4 AdamW steps of 3e-5 from GPT-2's weights, not from a fresh init (whose weights differ by ~0.02)
     moved = max((ckpt['model'][k] - (v[:16] if k.endswith('wpe.weight') else v)).abs().max().item() for k, v in weights.items())
     assert 0 < moved < 1e-3
+    # resuming the fine-tune rebuilds its model from the checkpoint's config, not GPT-2's weights again
+    r = subprocess.run([sys.executable, 'train.py', 'config/finetune_shakespeare.py',
+                        *(arg(k, v) for k, v in {**args, 'init_from': 'resume', 'max_iters': 6}.items())],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "GPT-2's weights" not in r.stdout and load_ckpt(tmp_path)['iter_num'] == 6
 
 
 def test_gpt2_weights_refuse_dnt_and_char_data(gpt2_dir, nanogpt_data, text_data, tmp_path):
