@@ -99,7 +99,7 @@ class TextData:
             if n_tokens <= block_size:
                 raise DataError(f"{path} holds {n_tokens} tokens; block_size {block_size} needs at least "
                                 f"{block_size + 1}: lower --block_size or prepare more data")
-            top = int(np.memmap(path, dtype=np.uint16, mode='r').max())  # one pass over the file: seconds for OpenWebText
+            top = int(np.memmap(path, dtype=np.uint16, mode='r').max())  # one pass over the file
             if top >= meta['vocab_size']:
                 raise DataError(f"{path} holds token id {top}, outside the vocabulary of its meta.json (vocab_size "
                                 f"{meta['vocab_size']}); prepare the dataset again")
