@@ -429,6 +429,10 @@ def write_tables(report, results_dir, jobs):
         parts.setdefault(r.get('part', '?'), []).append(r['wall_s'])
     lines += ['', f'## Wall time (this machine, {jobs} runs at a time)', '', f'| part | runs | run time, summed | wall, /{jobs} |', '|---|---|---|---|']
     lines += [f'| {p} | {len(w)} | {sum(w) / 3600:.1f} h | {sum(w) / 3600 / jobs:.1f} h |' for p, w in parts.items()]
+    lines += ['', '## Every recorded run', '', '| run | best val loss | final val loss | best val top-1 | wall |', '|---|---|---|---|---|']
+    lines += [f"| {name} | {fmt('lm', r['best_val_loss'])} | {fmt('lm', r['final_val_loss'])} | "
+              f"{fmt('vision', r['best_val_acc']) if name.startswith('vision') else ''} | {r['wall_s'] / 60:.1f} min |"
+              for name, r in sorted(runs.items())]
     with open(os.path.join(results_dir, 'results.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
 
