@@ -48,8 +48,9 @@ FIRST_LRS = {'adamw': [1e-3, 3e-3, 1e-2], 'muon': [1e-3, 3e-3, 1e-2], 'msgdw': [
 WD_GRID = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]  # mSGDW's weight decay, swept at its best lr from 1e-4, 1e-3, 1e-2
 WEIGHT_DECAY = {'adamw': 0.1, 'muon': 0.1, 'msgdw': 1e-3}  # AdamW: nanoGPT's; Muon: AdamW's (its update is AdamW-scaled)
 MIN_LR_RATIO = 0.1  # cosine decay to a tenth of each run's peak learning rate
-WARMUP = 0.07  # warmup as a fraction of each run, the same for every cell: see the warmup study in README
+WARMUP = 0.2  # warmup as a fraction of each run, the same for every cell: the warmup study's best for all four cells
 WARMUPS, MOMENTA = (0.02, 0.07, 0.2), (0.9, 0.95)  # the warmup study
+STUDY_WARMUP = 0.07  # the study runs each cell at its best lr and wd found with this warmup (the ladder's first choice)
 CELLS = {'lm': [(p, o) for o in ('adamw', 'msgdw', 'muon') for p in ('standard', 'dnt')],
          'vision': [(p, o) for o in ('adamw', 'msgdw') for p in ('standard', 'dnt')]}
 ABLATION = {'S1 standard': dict(preset='standard'), 'S2 +QKNorm': dict(preset='s2'), 'S3 +InputNorm': dict(preset='s3'),
@@ -236,19 +237,19 @@ def short(records, task):
 # ----------------------------------------------------------------------------------------
 # the experiments
 
-def run_cell(runner, ctx, task, budget, preset, optimizer):
-    """One cell at one budget. At or below the sweep budget: the lr sweep from FIRST_LRS until bracketed,
+def run_cell(runner, ctx, task, budget, preset, optimizer, warmup=WARMUP):
+    """One cell at one budget, warmup a fraction of the run. At or below the sweep budget: the lr sweep from FIRST_LRS until bracketed,
     mSGDW's weight decay swept at the best lr, then seeds. Above it: the sweep budget's best lr and
     its two grid neighbours (mSGDW at the sweep budget's weight decay), then seeds."""
     scale = ctx['scale']
     base = with_budget({**ctx['bases'][task], 'preset': preset, 'optimizer': optimizer,
-                        'weight_decay': WEIGHT_DECAY[optimizer]}, budget)
+                        'weight_decay': WEIGHT_DECAY[optimizer]}, budget, warmup)
     sweep_budget = ctx['sweep_budget'][task]
     if budget <= sweep_budget:
         lrs, best_lr = sweep(runner, base, 'learning_rate', FIRST_LRS[optimizer][:scale['first_lrs']], scale['max_extensions'], LR_GRID)
         n_seeds = scale['seeds']
     else:
-        ref = run_cell(runner, ctx, task, sweep_budget, preset, optimizer)
+        ref = run_cell(runner, ctx, task, sweep_budget, preset, optimizer, warmup)
         i = LR_GRID.index(ref['best_lr'])
         base['weight_decay'] = ref['best_wd']
         lrs, best_lr = sweep(runner, base, 'learning_rate', LR_GRID[max(0, i - 1):i + 2], 0, LR_GRID)
@@ -269,13 +270,15 @@ def ladder(runner, ctx, task, budgets):
 
 
 def warmup_study(runner, ctx):
-    """At the sweep budget, each AdamW and mSGDW cell at its best lr (and wd): warmup 2/7/20 % of the run;
-    mSGDW also with momentum 0.95. One seed."""
+    """At the sweep budget, the ladder's cells with STUDY_WARMUP (the anchors); then each AdamW and mSGDW
+    cell at its anchor's best lr and wd with warmup 2/7/20 % of the run, mSGDW also with momentum 0.95. One seed."""
     budget = ctx['scale']['sweep_budget']
+    anchors = dict(zip([f'{budget}/{p}+{o}' for p, o in CELLS['lm']],
+                       parallel(lambda c: run_cell(runner, ctx, 'lm', budget, *c, STUDY_WARMUP), CELLS['lm'])))
 
     def study(cell):
         preset, optimizer = cell
-        best = run_cell(runner, ctx, 'lm', budget, preset, optimizer)
+        best = anchors[f'{budget}/{preset}+{optimizer}']
         base = {**ctx['bases']['lm'], 'preset': preset, 'optimizer': optimizer, 'learning_rate': best['best_lr'],
                 'weight_decay': best['best_wd'], 'seed': SEED}
         grid = [(w, m) for w in WARMUPS for m in (MOMENTA if optimizer == 'msgdw' else MOMENTA[:1])]
@@ -287,7 +290,7 @@ def warmup_study(runner, ctx):
         return {f'{w:g}/{m:g}': metric('lm', r) if not r['diverged'] else None for (w, m), r in zip(grid, records)}
 
     cells = [c for c in CELLS['lm'] if c[1] != 'muon']
-    return dict(zip([f'{p}+{o}' for p, o in cells], parallel(study, cells)))
+    return dict(anchors=anchors, tables=dict(zip([f'{p}+{o}' for p, o in cells], parallel(study, cells))))
 
 
 def ablation(runner, ctx):
@@ -395,11 +398,12 @@ def write_tables(report, results_dir, jobs):
     if 'warmup' in summary:
         lines += ['## Warmup and momentum (best val loss, one seed, each cell at its best lr and wd)', '',
                   '| cell | momentum | ' + ' | '.join(f'warmup {w:.0%}' for w in WARMUPS) + ' |', '|---|---|' + '---|' * len(WARMUPS)]
-        for cell, table in summary['warmup'].items():
+        for cell, table in summary['warmup']['tables'].items():
             for m in (MOMENTA if 'msgdw' in cell else MOMENTA[:1]):
                 row = [fmt('lm', table.get(f'{w:g}/{m:g}')) for w in WARMUPS]
                 lines.append(f"| {CELL_NAMES[cell]} | {m:g}{'' if 'msgdw' in cell else ' (β1)'} | " + ' | '.join(row) + ' |')
-        lines.append('')
+        lines += ['', f'The study\'s anchors: the cells swept and seeded with warmup {STUDY_WARMUP:.0%} of the run.', '']
+        cell_tables('lm', summary['warmup']['anchors'], lines, lm_tokens)
     if 'ablation' in summary:
         lines += ['## Ablation, Tiny Shakespeare, mSGDW (one seed, each setting at its own best lr)', '',
                   '| setting | best lr | best val loss | p99.9/median of abs(g), mid-run | kurtosis, mid-run | lr sweep |', '|---|---|---|---|---|---|']
@@ -526,7 +530,7 @@ def make_figures(report, results_dir):
             save(fig, 'grad_hist_lm.png')
     if 'warmup' in summary:  # (d) warmup and momentum
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for cell, table in summary['warmup'].items():
+        for cell, table in summary['warmup']['tables'].items():
             for m in (MOMENTA if 'msgdw' in cell else MOMENTA[:1]):
                 ys = [table.get(f'{w:g}/{m:g}') for w in WARMUPS]
                 ax.plot([100 * w for w in WARMUPS], [y if y is not None else np.nan for y in ys], 'o-' if m == 0.9 else 's--',

@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from reproduce import STUDY_WARMUP, WARMUP, WARMUPS
+
 REPO = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -59,14 +61,18 @@ def test_every_run_recorded_with_config_and_curve(quick):
     assert len(runs) > 50
     for name, r in runs.items():
         cfg = r['config']
-        assert cfg['warmup_iters'] == round(0.07 * cfg['max_iters']) or name.split('_wu')[1].split('_')[0] in ('0', '0.1', '0.2', '0.05')
+        assert cfg['warmup_iters'] in [round(w * cfg['max_iters']) for w in (WARMUP, *WARMUPS)]
         assert r['curve'][-1][0] == cfg['max_iters'] and r['curve'][0][0] == 0
         assert r['final_val_loss'] == r['curve'][-1][1] and r['best_val_loss'] == min(c[1] for c in r['curve'])
         assert r['wall_s'] > 0 and r['part']
 
 
 def test_warmup_study(quick):
-    warmup = quick['report']['summary']['warmup']
+    summary, runs = quick['report']['summary'], quick['report']['runs']
+    anchors, warmup = summary['warmup']['anchors'], summary['warmup']['tables']
+    assert len(anchors) == 6 and all(len(c['per_seed']) == 2 for c in anchors.values())
+    for cell in anchors.values():  # swept and seeded with the study's warmup, not the ladder's
+        assert all(runs[r]['config']['warmup_iters'] == round(STUDY_WARMUP * runs[r]['config']['max_iters']) for r in cell['runs'])
     assert set(warmup) == {'standard+adamw', 'dnt+adamw', 'standard+msgdw', 'dnt+msgdw'}
     assert len(warmup['dnt+msgdw']) == 6 and len(warmup['dnt+adamw']) == 3
     assert all(v is None or np.isfinite(v) for table in warmup.values() for v in table.values())
