@@ -264,9 +264,15 @@ def run_cell(runner, ctx, task, budget, preset, optimizer, warmup=WARMUP):
 
 
 def ladder(runner, ctx, task, budgets):
+    """Every cell at every budget; for tables, a cell whose runs are not all recorded yet is left out."""
+    def cell_if_recorded(cell):
+        try:
+            return run_cell(runner, ctx, task, *cell)
+        except MissingRun:
+            return None
     cells = [(b, p, o) for b in budgets for p, o in CELLS[task]]
-    return dict(zip([f'{b}/{p}+{o}' for b, p, o in cells],
-                    parallel(lambda c: run_cell(runner, ctx, task, *c), cells)))
+    results = parallel(cell_if_recorded, cells)
+    return {f'{b}/{p}+{o}': r for (b, p, o), r in zip(cells, results) if r is not None}
 
 
 def warmup_study(runner, ctx):
@@ -430,7 +436,10 @@ def write_tables(report, results_dir, jobs):
     lines += [f"| {name} | {m[key]:,} | {m[key] / m['params']:.3g} |" for key, name in (('adamw', 'AdamW'), ('msgdw', 'mSGDW'), ('muon', 'Muon + AdamW'))]
     parts = {}
     for r in runs.values():
-        parts.setdefault(r.get('part', '?'), []).append(r['wall_s'])
+        part = r.get('part', '?')
+        if part.split()[0] in ('ladder', 'vision'):
+            part += f", warmup {r['config']['warmup_iters'] / r['config']['max_iters']:.0%}"
+        parts.setdefault(part, []).append(r['wall_s'])
     lines += ['', f'## Wall time (this machine, {jobs} runs at a time)', '', f'| part | runs | run time, summed | wall, /{jobs} |', '|---|---|---|---|']
     lines += [f'| {p} | {len(w)} | {sum(w) / 3600:.1f} h | {sum(w) / 3600 / jobs:.1f} h |' for p, w in parts.items()]
     lines += ['', '## Every recorded run', '', '| run | best val loss | final val loss | best val top-1 | wall |', '|---|---|---|---|---|']
@@ -455,6 +464,22 @@ def make_figures(report, results_dir):
         fig.tight_layout()
         fig.savefig(os.path.join(results_dir, name), dpi=80)
         plt.close(fig)
+
+    def lr_basins(cells, title, name):
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+        lo = min(m for c in cells.values() for m in c['lr_sweep'].values() if m is not None)
+        for ax, opt in zip(axes, ('adamw', 'msgdw', 'muon')):
+            for cell, c in cells.items():
+                if cell.endswith(opt):
+                    lrs = [(float(v), m) for v, m in c['lr_sweep'].items()]
+                    ax.plot([v for v, _ in lrs], [m if m is not None else np.nan for _, m in lrs], 'o-', color=COLORS[cell], label=CELL_NAMES[cell])
+                    for v, m in lrs:
+                        if m is None or m > lo + 0.5:  # diverged or off the chart
+                            ax.plot(v, lo + 0.48, 'x', color=COLORS[cell], ms=9)
+            ax.set(xscale='log', xlabel='peak learning rate', title=f'{opt}, {title} (x: diverged or above)', ylim=(lo - 0.02, lo + 0.5))
+            ax.legend(fontsize=8)
+        axes[0].set_ylabel(f'best val loss, seed {SEED}')
+        save(fig, name)
 
     if 'ladder' in summary:
         budgets = by_budget(summary['ladder'])
@@ -492,22 +517,7 @@ def make_figures(report, results_dir):
         # (c) the learning-rate basin of each cell at the sweep budget
         sweep_budget = report['settings'].get('sweep_budget', max(budgets))
         if sweep_budget in budgets:
-            fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
-            cells = budgets[sweep_budget]
-            lo = min(m for c in cells.values() for m in c['lr_sweep'].values() if m is not None)
-            for ax, opt in zip(axes, ('adamw', 'msgdw', 'muon')):
-                for name, c in cells.items():
-                    if name.endswith(opt):
-                        lrs = [(float(v), m) for v, m in c['lr_sweep'].items()]
-                        ax.plot([v for v, _ in lrs], [m if m is not None else np.nan for _, m in lrs], 'o-', color=COLORS[name], label=CELL_NAMES[name])
-                        for v, m in lrs:
-                            if m is None or m > lo + 0.5:  # diverged or off the chart
-                                ax.plot(v, lo + 0.48, 'x', color=COLORS[name], ms=9)
-                ax.set(xscale='log', xlabel='peak learning rate', title=f'{opt} at {sweep_budget:,} iterations (x: diverged or above)',
-                       ylim=(lo - 0.02, lo + 0.5))
-                ax.legend(fontsize=8)
-            axes[0].set_ylabel(f'best val loss, seed {SEED}')
-            save(fig, 'lr_basin.png')
+            lr_basins(budgets[sweep_budget], f'{sweep_budget:,} iterations', 'lr_basin.png')
         # gradient histograms: standard vs DNT under AdamW at the sweep budget, init and mid-run
         cells = budgets.get(sweep_budget, {})
         if 'standard+adamw' in cells and 'dnt+adamw' in cells:
@@ -530,16 +540,24 @@ def make_figures(report, results_dir):
             save(fig, 'grad_hist_lm.png')
     if 'warmup' in summary:  # (d) warmup and momentum
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for cell, table in summary['warmup']['tables'].items():
+        tables = summary['warmup']['tables']
+        lo = min(y for table in tables.values() for y in table.values() if y is not None)
+        for cell, table in tables.items():
             for m in (MOMENTA if 'msgdw' in cell else MOMENTA[:1]):
                 ys = [table.get(f'{w:g}/{m:g}') for w in WARMUPS]
                 ax.plot([100 * w for w in WARMUPS], [y if y is not None else np.nan for y in ys], 'o-' if m == 0.9 else 's--',
                         color=COLORS[cell], label=CELL_NAMES[cell] + (f', momentum {m:g}' if 'msgdw' in cell else ''))
-        ax.set(xscale='log', xlabel='warmup, % of the run', ylabel=f'best val loss, seed {SEED}',
-               title=f"warmup and momentum at {report['settings'].get('sweep_budget', '')} iterations")
+                for w, y in zip(WARMUPS, ys):
+                    if y is None or y > lo + 0.5:  # diverged or off the chart
+                        ax.plot(100 * w, lo + 0.48, 'x', color=COLORS[cell], ms=9)
+        ax.set(xscale='log', xlabel='warmup, % of the run', ylabel=f'best val loss, seed {SEED}', ylim=(lo - 0.02, lo + 0.5),
+               title=f"warmup and momentum at {report['settings'].get('sweep_budget', '')} iterations (x: diverged or above)")
         ax.set_xticks([100 * w for w in WARMUPS], [f'{100 * w:g}' for w in WARMUPS])
+        ax.minorticks_off()
         ax.legend(fontsize=8)
         save(fig, 'warmup.png')
+        for budget, cells in by_budget(summary['warmup']['anchors']).items():
+            lr_basins(cells, f'{budget:,} iterations, warmup {STUDY_WARMUP:.0%}', f'lr_basin_warmup{100 * STUDY_WARMUP:g}.png')
     if 'ablation' in summary:
         ablation = summary['ablation']
         fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -604,19 +622,22 @@ def main():
                                    for task in ('lm', 'vision')})
     report = runner.report
     report['settings'] = dict(scale=scale_name, lm=scale['lm'], vision=scale['vision'], common=COMMON, warmup=WARMUP,
-                              sweep_budget=scale['sweep_budget'],
-                              min_lr_ratio=MIN_LR_RATIO, seed=SEED)
-    summary = report.setdefault('summary', {})
-    experiments = {'ladder': lambda: ladder(runner, ctx, 'lm', budgets), 'warmup': lambda: warmup_study(runner, ctx),
-                   'ablation': lambda: ablation(runner, ctx), 'vision': lambda: ladder(runner, ctx, 'vision', vision_budgets)}
-    for part in parts:
-        runner.part = {'ladder': f"ladder {','.join(map(str, budgets))}", 'vision': f"vision {','.join(map(str, vision_budgets))}"}.get(part, part)
+                              sweep_budget=scale['sweep_budget'], min_lr_ratio=MIN_LR_RATIO, seed=SEED)
+    experiments = {'ladder': lambda b: ladder(runner, ctx, 'lm', b), 'warmup': lambda b: warmup_study(runner, ctx),
+                   'ablation': lambda b: ablation(runner, ctx), 'vision': lambda b: ladder(runner, ctx, 'vision', b)}
+    asked = {'ladder': budgets, 'vision': vision_budgets}
+    for part in parts if runner.train else []:
+        runner.part = f"{part} {','.join(map(str, asked[part]))}" if part in asked else part
+        experiments[part](asked.get(part))
+    # the tables come from every recorded run, each part at its default and asked-for budgets
+    runner.train, summary = False, {}
+    everything = {'ladder': sorted({*budgets, *scale['budgets']}), 'vision': sorted({*vision_budgets, *scale['vision_budgets']})}
+    for part, experiment in experiments.items():
         try:
-            result = experiments[part]()
+            summary[part] = experiment(everything.get(part))
         except MissingRun as e:
             print(f"{part}: not complete yet (no record of {e}); its tables wait for it")
-            continue
-        summary[part] = {**summary.get(part, {}), **result} if part in ('ladder', 'vision') else result
+    report['summary'] = {part: result for part, result in summary.items() if result}
     report['memory'] = memory_table()
     with runner.lock:
         write_json(runner.results_path, report)
