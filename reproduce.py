@@ -238,9 +238,9 @@ def short(records, task):
 # the experiments
 
 def run_cell(runner, ctx, task, budget, preset, optimizer, warmup=WARMUP):
-    """One cell at one budget, warmup a fraction of the run. At or below the sweep budget: the lr sweep from FIRST_LRS until bracketed,
-    mSGDW's weight decay swept at the best lr, then seeds. Above it: the sweep budget's best lr and
-    its two grid neighbours (mSGDW at the sweep budget's weight decay), then seeds."""
+    """One cell at one budget, warmup a fraction of the run. At or below the sweep budget: the lr sweep
+    from FIRST_LRS until bracketed, mSGDW's weight decay swept at the best lr, then seeds. Above it: the
+    sweep budget's best lr and its two grid neighbours (mSGDW at the sweep budget's weight decay), then seeds."""
     scale = ctx['scale']
     base = with_budget({**ctx['bases'][task], 'preset': preset, 'optimizer': optimizer,
                         'weight_decay': WEIGHT_DECAY[optimizer]}, budget, warmup)
@@ -465,17 +465,20 @@ def make_figures(report, results_dir):
         fig.savefig(os.path.join(results_dir, name), dpi=80)
         plt.close(fig)
 
+    def plot_clipped(ax, xs, ys, top, style, color, label):
+        """ys against xs; a run that diverged (None) or lies above `top` is an x at the top of the chart."""
+        ax.plot(xs, [y if y is not None else np.nan for y in ys], style, color=color, label=label)
+        for x, y in zip(xs, ys):
+            if y is None or y > top:
+                ax.plot(x, top - 0.02, 'x', color=color, ms=9)
+
     def lr_basins(cells, title, name):
         fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
         lo = min(m for c in cells.values() for m in c['lr_sweep'].values() if m is not None)
         for ax, opt in zip(axes, ('adamw', 'msgdw', 'muon')):
             for cell, c in cells.items():
                 if cell.endswith(opt):
-                    lrs = [(float(v), m) for v, m in c['lr_sweep'].items()]
-                    ax.plot([v for v, _ in lrs], [m if m is not None else np.nan for _, m in lrs], 'o-', color=COLORS[cell], label=CELL_NAMES[cell])
-                    for v, m in lrs:
-                        if m is None or m > lo + 0.5:  # diverged or off the chart
-                            ax.plot(v, lo + 0.48, 'x', color=COLORS[cell], ms=9)
+                    plot_clipped(ax, [float(v) for v in c['lr_sweep']], list(c['lr_sweep'].values()), lo + 0.5, 'o-', COLORS[cell], CELL_NAMES[cell])
             ax.set(xscale='log', xlabel='peak learning rate', title=f'{opt}, {title} (x: diverged or above)', ylim=(lo - 0.02, lo + 0.5))
             ax.legend(fontsize=8)
         axes[0].set_ylabel(f'best val loss, seed {SEED}')
@@ -544,12 +547,8 @@ def make_figures(report, results_dir):
         lo = min(y for table in tables.values() for y in table.values() if y is not None)
         for cell, table in tables.items():
             for m in (MOMENTA if 'msgdw' in cell else MOMENTA[:1]):
-                ys = [table.get(f'{w:g}/{m:g}') for w in WARMUPS]
-                ax.plot([100 * w for w in WARMUPS], [y if y is not None else np.nan for y in ys], 'o-' if m == 0.9 else 's--',
-                        color=COLORS[cell], label=CELL_NAMES[cell] + (f', momentum {m:g}' if 'msgdw' in cell else ''))
-                for w, y in zip(WARMUPS, ys):
-                    if y is None or y > lo + 0.5:  # diverged or off the chart
-                        ax.plot(100 * w, lo + 0.48, 'x', color=COLORS[cell], ms=9)
+                plot_clipped(ax, [100 * w for w in WARMUPS], [table.get(f'{w:g}/{m:g}') for w in WARMUPS], lo + 0.5,
+                             'o-' if m == 0.9 else 's--', COLORS[cell], CELL_NAMES[cell] + (f', momentum {m:g}' if 'msgdw' in cell else ''))
         ax.set(xscale='log', xlabel='warmup, % of the run', ylabel=f'best val loss, seed {SEED}', ylim=(lo - 0.02, lo + 0.5),
                title=f"warmup and momentum at {report['settings'].get('sweep_budget', '')} iterations (x: diverged or above)")
         ax.set_xticks([100 * w for w in WARMUPS], [f'{100 * w:g}' for w in WARMUPS])
