@@ -37,7 +37,7 @@ LM = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, eval_in
 VISION = dict(n_layer=4, n_head=4, n_embd=128, patch_size=7, batch_size=128, crop_padding=2, eval_interval=100, log_interval=100)
 COMMON = dict(compile=False, device='cpu', dtype='float32', grad_clip=1.0, dropout=0.0, gradient_accumulation_steps=1)
 SCALES = {
-    'full': dict(lm=LM, vision=VISION, budgets=(400, 1500, 5000), sweep_budget=1500, vision_budgets=(1400,),
+    'full': dict(lm=LM, vision=VISION, budgets=(400, 1500, 5000), sweep_budget=1500, vision_budgets=(1400, 4200),
                  first_lrs=3, seeds=3, long_seeds=2, max_extensions=3, ablation_lrs=3),
     'quick': dict(lm={**LM, **dict(n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=8, eval_interval=10, eval_iters=2)},
                   vision={**VISION, **dict(n_layer=1, n_embd=32, n_head=2, batch_size=16, eval_interval=10)},
@@ -594,7 +594,7 @@ def main():
     parser.add_argument('--quick', action='store_true', help='tiny models and sweeps: minutes')
     parser.add_argument('--parts', default='ladder,warmup,ablation,vision', help='comma-separated: ladder, warmup, ablation, vision')
     parser.add_argument('--budgets', help='LM iterations, comma-separated (default 400,1500,5000)')
-    parser.add_argument('--vision_budgets', help='ViT iterations, comma-separated (default 1400: 3 epochs)')
+    parser.add_argument('--vision_budgets', help='ViT iterations, comma-separated; the first is swept (default 1400,4200: 3 and 9 epochs)')
     parser.add_argument('--tables_only', action='store_true', help='train nothing: tables and figures from the recorded runs')
     parser.add_argument('--out', help='run folders (default runs/full or runs/quick)')
     parser.add_argument('--results', help='results.json, tables and figures (default results/ or <out>/results)')
