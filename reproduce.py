@@ -159,8 +159,8 @@ class Runner:
             self.runs[name] = record
             write_json(self.results_path, self.report)
         task = args['task']
-        print(f"{name}: " + ('diverged' if diverged else f"best val {'top-1' if task == 'vision' else 'loss'} "
-                             f"{metric(task, record):.4f}, {wall_s / 60:.1f} min"), flush=True)
+        print(f"{name}: " + ('diverged' if diverged else f"{metric_name(task)} {metric(task, record):.4f}, {wall_s / 60:.1f} min"),
+              flush=True)
         return record
 
     def run_all(self, named_args):
@@ -194,6 +194,10 @@ def finalize(args):
 
 def metric(task, record):
     return record['best_val_acc'] if task == 'vision' else record['best_val_loss']
+
+
+def metric_name(task):
+    return 'best val top-1' if task == 'vision' else 'best val loss'
 
 
 def score(task, record):
@@ -375,7 +379,6 @@ def cell_tables(task, cells, lines, unit):
     """The cells x budgets table, then each budget's sweeps."""
     budgets = by_budget(cells)
     names = [f'{p}+{o}' for p, o in CELLS[task]]
-    metric_name = 'best val top-1' if task == 'vision' else 'best val loss'
     lines += [f'| cell | ' + ' | '.join(f'{b:,} iters ({unit(b)})' for b in budgets) + ' |', '|---' * (len(budgets) + 1) + '|']
     for name in names:
         row = [f"{fmt_cell(task, c)} (n={len(c['per_seed'])}; lr {c['best_lr']:g}" + (f", wd {c['best_wd']:g})" if 'msgdw' in name else ')')
@@ -389,7 +392,7 @@ def cell_tables(task, cells, lines, unit):
                    if name in cs else '' for cs in budgets.values()]
             lines.append(f'| {CELL_NAMES[name]} | ' + ' | '.join(row) + ' |')
     for b, cs in budgets.items():
-        lines += ['', f'Sweeps at {b:,} iterations ({metric_name}, seed {SEED}):', '']
+        lines += ['', f'Sweeps at {b:,} iterations ({metric_name(task)}, seed {SEED}):', '']
         for name, c in cs.items():
             text = f"- {CELL_NAMES[name]}: lr {fmt_sweep(task, c['lr_sweep'])}"
             if len(c['wd_sweep']) > 1:
