@@ -38,10 +38,10 @@ VISION = dict(n_layer=4, n_head=4, n_embd=128, patch_size=7, batch_size=128, cro
 COMMON = dict(compile=False, device='cpu', dtype='float32', grad_clip=1.0, dropout=0.0, gradient_accumulation_steps=1)
 SCALES = {
     'full': dict(lm=LM, vision=VISION, budgets=(400, 1500, 5000), sweep_budget=1500, vision_budgets=(1400, 4200),
-                 first_lrs=3, seeds=3, long_seeds=2, max_extensions=3, ablation_lrs=3),
+                 first_lrs=3, seeds=3, long_seeds=dict(lm=2, vision=3), max_extensions=3, ablation_lrs=3),
     'quick': dict(lm={**LM, **dict(n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=8, eval_interval=10, eval_iters=2)},
                   vision={**VISION, **dict(n_layer=1, n_embd=32, n_head=2, batch_size=16, eval_interval=10)},
-                  budgets=(10, 20), sweep_budget=10, vision_budgets=(10,), first_lrs=2, seeds=2, long_seeds=2, max_extensions=0, ablation_lrs=1),
+                  budgets=(10, 20), sweep_budget=10, vision_budgets=(10,), first_lrs=2, seeds=2, long_seeds=dict(lm=2, vision=2), max_extensions=0, ablation_lrs=1),
 }
 LR_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0]  # half-decade steps
 FIRST_LRS = {'adamw': [1e-3, 3e-3, 1e-2], 'muon': [1e-3, 3e-3, 1e-2], 'msgdw': [0.03, 0.1, 0.3]}  # extended until bracketed
@@ -258,7 +258,7 @@ def run_cell(runner, ctx, task, budget, preset, optimizer, warmup=WARMUP):
         i = LR_GRID.index(ref['best_lr'])
         base['weight_decay'] = ref['best_wd']
         lrs, best_lr = sweep(runner, base, 'learning_rate', LR_GRID[max(0, i - 1):i + 2], 0, LR_GRID)
-        n_seeds = scale['long_seeds']
+        n_seeds = scale['long_seeds'][task]  # the issue: 2 seeds at the LM's 5,000; vision keeps its 3
     base['learning_rate'] = best_lr
     wds = {base['weight_decay']: lrs[best_lr]}
     if optimizer == 'msgdw' and budget <= sweep_budget:
