@@ -36,12 +36,13 @@ import numpy as np
 LM = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, eval_interval=100, eval_iters=20, log_interval=100)
 VISION = dict(n_layer=4, n_head=4, n_embd=128, patch_size=7, batch_size=128, crop_padding=2, eval_interval=100, log_interval=100)
 COMMON = dict(compile=False, device='cpu', dtype='float32', grad_clip=1.0, dropout=0.0, gradient_accumulation_steps=1)
+# seeds at or below the sweep budget; long_seeds on the first rung above it (2 at the LM's 5,000, 3 for vision)
 SCALES = {
-    'full': dict(lm=LM, vision=VISION, budgets=(400, 1500, 5000), sweep_budget=1500, vision_budgets=(1400, 4200),
+    'full': dict(lm=LM, vision=VISION, budgets=(400, 1500, 5000), sweep_budget=1500, vision_budgets=(1400, 4200, 12600),
                  first_lrs=3, seeds=3, long_seeds=dict(lm=2, vision=3), max_extensions=3, ablation_lrs=3),
     'quick': dict(lm={**LM, **dict(n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=8, eval_interval=10, eval_iters=2)},
                   vision={**VISION, **dict(n_layer=1, n_embd=32, n_head=2, batch_size=16, eval_interval=10)},
-                  budgets=(10, 20), sweep_budget=10, vision_budgets=(10,), first_lrs=2, seeds=2, long_seeds=dict(lm=2, vision=2), max_extensions=0, ablation_lrs=1),
+                  budgets=(10, 20, 40), sweep_budget=10, vision_budgets=(10,), first_lrs=2, seeds=2, long_seeds=dict(lm=2, vision=2), max_extensions=0, ablation_lrs=1),
 }
 LR_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0]  # half-decade steps
 FIRST_LRS = {'adamw': [1e-3, 3e-3, 1e-2], 'muon': [1e-3, 3e-3, 1e-2], 'msgdw': [0.03, 0.1, 0.3]}  # extended until bracketed
@@ -244,21 +245,25 @@ def short(records, task):
 
 def run_cell(runner, ctx, task, budget, preset, optimizer, warmup=WARMUP):
     """One cell at one budget, warmup a fraction of the run. At or below the sweep budget: the lr sweep
-    from FIRST_LRS until bracketed, mSGDW's weight decay swept at the best lr, then seeds. Above it: the
-    sweep budget's best lr and its two grid neighbours (mSGDW at the sweep budget's weight decay), then seeds."""
+    from FIRST_LRS until bracketed, mSGDW's weight decay swept at the best lr, then seeds. The first rung
+    above it: the sweep budget's best lr and its two grid neighbours (mSGDW at the sweep budget's weight
+    decay), then seeds. Each later rung checks whether the rung below is near its plateau: the rung
+    below's best setting, one seed."""
     scale = ctx['scale']
     base = with_budget({**ctx['bases'][task], 'preset': preset, 'optimizer': optimizer,
                         'weight_decay': WEIGHT_DECAY[optimizer]}, budget, warmup)
     sweep_budget = ctx['sweep_budget'][task]
+    above = [b for b in ctx['rungs'][task] if b > sweep_budget]
     if budget <= sweep_budget:
         lrs, best_lr = sweep(runner, base, 'learning_rate', FIRST_LRS[optimizer][:scale['first_lrs']], scale['max_extensions'], LR_GRID)
         n_seeds = scale['seeds']
     else:
-        ref = run_cell(runner, ctx, task, sweep_budget, preset, optimizer, warmup)
+        first = budget == above[0]
+        ref = run_cell(runner, ctx, task, sweep_budget if first else above[above.index(budget) - 1], preset, optimizer, warmup)
         i = LR_GRID.index(ref['best_lr'])
         base['weight_decay'] = ref['best_wd']
-        lrs, best_lr = sweep(runner, base, 'learning_rate', LR_GRID[max(0, i - 1):i + 2], 0, LR_GRID)
-        n_seeds = scale['long_seeds'][task]  # the issue: 2 seeds at the LM's 5,000; vision keeps its 3
+        lrs, best_lr = sweep(runner, base, 'learning_rate', LR_GRID[max(0, i - 1):i + 2] if first else [ref['best_lr']], 0, LR_GRID)
+        n_seeds = scale['long_seeds'][task] if first else 1
     base['learning_rate'] = best_lr
     wds = {base['weight_decay']: lrs[best_lr]}
     if optimizer == 'msgdw' and budget <= sweep_budget:
@@ -597,7 +602,7 @@ def main():
     parser.add_argument('--quick', action='store_true', help='tiny models and sweeps: minutes')
     parser.add_argument('--parts', default='ladder,warmup,ablation,vision', help='comma-separated: ladder, warmup, ablation, vision')
     parser.add_argument('--budgets', help='LM iterations, comma-separated (default 400,1500,5000)')
-    parser.add_argument('--vision_budgets', help='ViT iterations, comma-separated; the first is swept (default 1400,4200: 3 and 9 epochs)')
+    parser.add_argument('--vision_budgets', help='ViT iterations, comma-separated; the first is swept (default 1400,4200,12600: 3, 9 and 27 epochs)')
     parser.add_argument('--tables_only', action='store_true', help='train nothing: tables and figures from the recorded runs')
     parser.add_argument('--out', help='run folders (default runs/full or runs/quick)')
     parser.add_argument('--results', help='results.json, tables and figures (default results/ or <out>/results)')
@@ -627,7 +632,10 @@ def main():
                 subprocess.run([sys.executable, 'prepare_data.py', dataset, '--input', os.path.join(args.data_root, source),
                                 '--out_dir', data_dirs[task]], check=True)
     runner = Runner(out, os.path.join(results_dir, 'results.json'), data_dirs, args.jobs, train=not args.tables_only)
-    ctx = dict(scale=scale, sweep_budget=dict(lm=scale['sweep_budget'], vision=vision_budgets[0]), bases={task: {'task': task, **COMMON, **scale[task], 'momentum': 0.9, 'seed': SEED}
+    # the tables come from every recorded run, each part at its default and asked-for budgets
+    everything = {'ladder': sorted({*budgets, *scale['budgets']}), 'vision': sorted({*vision_budgets, *scale['vision_budgets']})}
+    ctx = dict(scale=scale, sweep_budget=dict(lm=scale['sweep_budget'], vision=vision_budgets[0]),
+               rungs=dict(lm=everything['ladder'], vision=everything['vision']), bases={task: {'task': task, **COMMON, **scale[task], 'momentum': 0.9, 'seed': SEED}
                                    for task in ('lm', 'vision')})
     report = runner.report
     report['settings'] = dict(scale=scale_name, lm=scale['lm'], vision=scale['vision'], common=COMMON, warmup=WARMUP,
@@ -638,9 +646,7 @@ def main():
     for part in parts if runner.train else []:
         runner.part = f"{part} {','.join(map(str, asked[part]))}" if part in asked else part
         experiments[part](asked.get(part))
-    # the tables come from every recorded run, each part at its default and asked-for budgets
     runner.train, summary = False, {}
-    everything = {'ladder': sorted({*budgets, *scale['budgets']}), 'vision': sorted({*vision_budgets, *scale['vision_budgets']})}
     for part, experiment in experiments.items():
         try:
             summary[part] = experiment(everything.get(part))

@@ -37,12 +37,14 @@ def quick(tmp_path_factory):
 
 def test_ladder_cells_swept_and_seeded(quick):
     summary, runs = quick['report']['summary'], quick['report']['runs']
-    for part, task, cells, budgets in (('ladder', 'lm', 6 + 4, (10, 20)), ('vision', 'vision', 4, (10,))):
+    for part, task, cells, budgets in (('ladder', 'lm', 6 + 4 + 4, (10, 20, 40)), ('vision', 'vision', 4, (10,))):
         assert {key.split('/')[0] for key in summary[part]} == {str(b) for b in budgets}
         assert len(summary[part]) == cells  # Muon only up to the sweep budget
-        assert not any(key.startswith('20/') and key.endswith('muon') for key in summary[part])
+        assert not any(not key.startswith('10/') and key.endswith('muon') for key in summary[part])
         for key, cell in summary[part].items():
             budget, name = key.split('/')
+            if budget == '40':
+                continue  # the plateau check, below
             assert f"{cell['best_lr']:g}" in cell['lr_sweep'] and len(cell['lr_sweep']) >= 2
             assert len(cell['per_seed']) == 2 and np.isfinite(cell['mean'])
             assert all(runs[r]['config']['max_iters'] == int(budget) for r in cell['runs'])
@@ -55,6 +57,11 @@ def test_ladder_cells_swept_and_seeded(quick):
         short, long = summary['ladder'][f'10/{name}'], summary['ladder'][f'20/{name}']
         assert f"{short['best_lr']:g}" in long['lr_sweep'] and len(long['lr_sweep']) in (2, 3)
         assert long['best_wd'] == short['best_wd']
+    # each later rung: the rung below's best setting, one seed
+    for name in ('dnt+msgdw', 'standard+adamw'):
+        below, check = summary['ladder'][f'20/{name}'], summary['ladder'][f'40/{name}']
+        assert list(check['lr_sweep']) == [f"{below['best_lr']:g}"] and check['best_wd'] == below['best_wd']
+        assert len(check['per_seed']) == 1 and runs[check['runs'][0]]['config']['max_iters'] == 40
 
 
 def test_every_run_recorded_with_config_and_curve(quick):
