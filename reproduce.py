@@ -246,9 +246,9 @@ def short(records, task):
 def run_cell(runner, ctx, task, budget, preset, optimizer, warmup=WARMUP):
     """One cell at one budget, warmup a fraction of the run. At or below the sweep budget: the lr sweep
     from FIRST_LRS until bracketed, mSGDW's weight decay swept at the best lr, then seeds. The first rung
-    above it: the sweep budget's best lr and its two grid neighbours (mSGDW at the sweep budget's weight
-    decay), then seeds. Each later rung checks whether the rung below is near its plateau: the rung
-    below's best setting, one seed."""
+    above it: the sweep budget's best lr and its two grid neighbours, extended until bracketed (mSGDW at
+    the sweep budget's weight decay), then seeds. Each later rung checks whether the rung below is near
+    its plateau: the rung below's best setting, one seed."""
     scale = ctx['scale']
     base = with_budget({**ctx['bases'][task], 'preset': preset, 'optimizer': optimizer,
                         'weight_decay': WEIGHT_DECAY[optimizer]}, budget, warmup)
@@ -262,7 +262,8 @@ def run_cell(runner, ctx, task, budget, preset, optimizer, warmup=WARMUP):
         ref = run_cell(runner, ctx, task, sweep_budget if first else above[above.index(budget) - 1], preset, optimizer, warmup)
         i = LR_GRID.index(ref['best_lr'])
         base['weight_decay'] = ref['best_wd']
-        lrs, best_lr = sweep(runner, base, 'learning_rate', LR_GRID[max(0, i - 1):i + 2] if first else [ref['best_lr']], 0, LR_GRID)
+        lrs, best_lr = sweep(runner, base, 'learning_rate', LR_GRID[max(0, i - 1):i + 2] if first else [ref['best_lr']],
+                             scale['max_extensions'] if first else 0, LR_GRID)
         n_seeds = scale['long_seeds'][task] if first else 1
     base['learning_rate'] = best_lr
     wds = {base['weight_decay']: lrs[best_lr]}

@@ -1,6 +1,7 @@
 """reproduce.py --quick end to end on data the test writes: the ladder, sweeps, seeds, warmup study, ablation,
 vision, tables, figures, and that a second run reuses every recorded run instead of training again."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import reproduce
 from reproduce import STUDY_WARMUP, WARMUP, WARMUPS
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -121,3 +123,28 @@ def test_tables_only_trains_nothing(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'not complete yet' in r.stdout and not (tmp_path / 'data').exists()
     assert 'Optimizer state' in (tmp_path / 'results' / 'results.md').read_text()
+
+
+class ScoredRunner:
+    """Trains nothing: a run's best val loss is its lr's distance, in decades, from an optimum that moves
+    with the budget."""
+
+    def __init__(self, best_lr):
+        self.best_lr, self.trained = best_lr, []
+
+    def run_all(self, named):
+        self.trained += list(named)
+        return [dict(diverged=False, best_val_loss=1 + abs(math.log10(a['learning_rate'] / self.best_lr[a['max_iters']])))
+                for a in named.values()]
+
+
+def test_rungs_above_the_sweep_extend_until_bracketed_then_check_the_plateau():
+    runner = ScoredRunner({1500: 1e-2, 5000: 1e-3, 15000: 1e-4})  # the optimum falls as the run grows
+    ctx = dict(scale=reproduce.SCALES['full'], sweep_budget={'lm': 1500}, rungs={'lm': [400, 1500, 5000, 15000]},
+               bases={'lm': {'task': 'lm', 'momentum': 0.9, 'seed': reproduce.SEED}})
+    long = reproduce.run_cell(runner, ctx, 'lm', 5000, 'dnt', 'adamw')
+    # 1,500's best (1e-2) and its neighbours, then two steps down to bracket 5,000's best
+    assert list(long['lr_sweep']) == ['0.0003', '0.001', '0.003', '0.01', '0.03'] and long['best_lr'] == 1e-3
+    assert len(long['per_seed']) == 2
+    check = reproduce.run_cell(runner, ctx, 'lm', 15000, 'dnt', 'adamw')
+    assert list(check['lr_sweep']) == ['0.001'] and len(check['per_seed']) == 1  # 5,000's best, not re-swept
