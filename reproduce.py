@@ -636,8 +636,8 @@ def main():
     # the tables come from every recorded run, each part at its default and asked-for budgets
     everything = {'ladder': sorted({*budgets, *scale['budgets']}), 'vision': sorted({*vision_budgets, *scale['vision_budgets']})}
     ctx = dict(scale=scale, sweep_budget=dict(lm=scale['sweep_budget'], vision=vision_budgets[0]),
-               rungs=dict(lm=everything['ladder'], vision=everything['vision']), bases={task: {'task': task, **COMMON, **scale[task], 'momentum': 0.9, 'seed': SEED}
-                                   for task in ('lm', 'vision')})
+               rungs=dict(lm=everything['ladder'], vision=everything['vision']),
+               bases={task: {'task': task, **COMMON, **scale[task], 'momentum': 0.9, 'seed': SEED} for task in ('lm', 'vision')})
     report = runner.report
     report['settings'] = dict(scale=scale_name, lm=scale['lm'], vision=scale['vision'], common=COMMON, warmup=WARMUP,
                               sweep_budget=scale['sweep_budget'], min_lr_ratio=MIN_LR_RATIO, seed=SEED)
