@@ -253,13 +253,13 @@ def run_cell(runner, ctx, task, budget, preset, optimizer, warmup=WARMUP):
     base = with_budget({**ctx['bases'][task], 'preset': preset, 'optimizer': optimizer,
                         'weight_decay': WEIGHT_DECAY[optimizer]}, budget, warmup)
     sweep_budget = ctx['sweep_budget'][task]
-    above = [b for b in ctx['rungs'][task] if b > sweep_budget]
     if budget <= sweep_budget:
         lrs, best_lr = sweep(runner, base, 'learning_rate', FIRST_LRS[optimizer][:scale['first_lrs']], scale['max_extensions'], LR_GRID)
         n_seeds = scale['seeds']
     else:
-        first = budget == above[0]
-        ref = run_cell(runner, ctx, task, sweep_budget if first else above[above.index(budget) - 1], preset, optimizer, warmup)
+        below = max(b for b in ctx['rungs'][task] if b < budget)
+        first = below == sweep_budget  # the first rung above the sweep; a later one checks the plateau of the rung below
+        ref = run_cell(runner, ctx, task, below, preset, optimizer, warmup)
         i = LR_GRID.index(ref['best_lr'])
         base['weight_decay'] = ref['best_wd']
         lrs, best_lr = sweep(runner, base, 'learning_rate', LR_GRID[max(0, i - 1):i + 2] if first else [ref['best_lr']],
