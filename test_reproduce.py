@@ -1,11 +1,12 @@
 """reproduce.py --quick end to end on data the test writes: the ladder, sweeps, seeds, the plateau check, warmup
 study, ablation, vision, tables, figures, and that a second run reuses every recorded run instead of training
-again; and the rules of the long rungs on made-up scores."""
+again; a run cut short and resumed; and the rules of the long rungs on made-up scores."""
 import json
 import math
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -124,6 +125,27 @@ def test_tables_only_trains_nothing(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'not complete yet' in r.stdout and not (tmp_path / 'data').exists()
     assert 'Optimizer state' in (tmp_path / 'results' / 'results.md').read_text()
+
+
+def test_a_cut_run_resumes_and_is_timed_as_a_whole(tmp_path, monkeypatch):
+    text = tmp_path / 'input.txt'
+    text.write_text('to be or not to be, that is the question\n' * 300)
+    data = tmp_path / 'data'
+    subprocess.run([sys.executable, 'prepare_data.py', 'shakespeare_char', '--input', str(text), '--out_dir', str(data)],
+                   cwd=REPO, check=True, capture_output=True)
+    runner = reproduce.Runner(str(tmp_path / 'runs'), str(tmp_path / 'results.json'), {'lm': str(data)}, jobs=1)
+    base = {'task': 'lm', **reproduce.COMMON, **reproduce.SCALES['quick']['lm'], 'momentum': 0.9, 'seed': reproduce.SEED}
+    args = reproduce.finalize({**reproduce.with_budget(base, 20), 'preset': 'dnt', 'optimizer': 'adamw',
+                               'learning_rate': 1e-3, 'weight_decay': 0.1})
+    name = reproduce.run_name(args)
+    monkeypatch.chdir(REPO)  # train.py is run from the repository
+    runner.train_run(name, {**args, 'max_iters': 10})  # the first half of the run's schedule, as if cut at 10
+    del runner.runs[name]
+    monkeypatch.setattr(reproduce, 'time', types.SimpleNamespace(time=iter([100.0, 130.0]).__next__))
+    record = runner.run(name, args)  # finds the checkpoint at 10 and trains on to 20
+    assert record['resumed_from'] == 10 and record['config'] == args
+    assert [c[0] for c in record['curve']] == [0, 10, 20]  # one curve across both segments
+    assert record['wall_s'] == 60.0  # the 30 s of iterations 10..20, scaled to the whole run
 
 
 class ScoredRunner:
