@@ -83,8 +83,7 @@ def grad_summary(record):
                 kurtosis=float(np.median([t['kurtosis'] for t in tensors])))
 
 
-def run_record(out_dir, config, diverged, wall_s):
-    log = read_log(out_dir)
+def run_record(log, config, diverged, wall_s):
     evals = [r for r in log if 'val_loss' in r]
     return dict(config=config, diverged=diverged, wall_s=round(wall_s, 1),
                 ms_per_iter=float(np.median([r['ms'] for r in log if 'ms' in r] or [math.nan])),
@@ -150,16 +149,17 @@ class Runner:
             code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
             wall_s = time.time() - start
         # a run cut by a session's end kept no time of its earlier segments: scale the last one to the whole run
-        resumed_from = max((r['iter'] for r in read_log(out_dir) if 'resume' in r), default=0)
+        log = read_log(out_dir)
+        resumed_from = max((r['iter'] for r in log if 'resume' in r), default=0)
         if resumed_from < args['max_iters']:  # (cut after its last step, only the final eval is left to time)
             wall_s *= args['max_iters'] / (args['max_iters'] - resumed_from)
         with open(os.path.join(out_dir, 'train.log')) as f:
             diverged = code != 0 and 'loss is' in f.read()  # train.py stops on a NaN/Inf loss
         if code != 0 and not diverged:
             raise SystemExit(f"reproduce.py: {name} failed (exit {code}); see {out_dir}/train.log")
-        if not diverged and not any(r['iter'] == args['max_iters'] and 'val_loss' in r for r in read_log(out_dir)):
+        if not diverged and not any(r['iter'] == args['max_iters'] and 'val_loss' in r for r in log):
             raise SystemExit(f"reproduce.py: {name} stopped before its final eval (a signal?); run again to resume it")
-        record = {**run_record(out_dir, args, diverged, wall_s), 'part': self.part, 'resumed_from': resumed_from}
+        record = {**run_record(log, args, diverged, wall_s), 'part': self.part, 'resumed_from': resumed_from}
         with self.lock:
             self.runs[name] = record
             write_json(self.results_path, self.report)
