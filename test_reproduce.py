@@ -109,6 +109,8 @@ def test_tables_and_figures_written(quick):
     for heading in ('budget ladder', 'gap to standard + AdamW', 'Warmup and momentum', 'Ablation', 'Fashion-MNIST',
                     'Optimizer state', 'Wall time', 'Every recorded run'):
         assert heading in text
+    one_seed = [c for line in text.splitlines() if line.startswith('| ') for c in line.split('|') if '(n=1;' in c]
+    assert one_seed and not any('±' in c for c in one_seed)  # the plateau check's one seed has no spread
     pytest.importorskip('matplotlib')
     for figure in ('gap_vs_tokens.png', 'curves.png', 'lr_basin.png', 'warmup.png', 'grad_hist_lm.png', 'ablation.png', 'vision.png'):
         assert (quick['results'] / figure).stat().st_size > 1000
