@@ -36,7 +36,7 @@ import numpy as np
 LM = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, eval_interval=100, eval_iters=20, log_interval=100)
 VISION = dict(n_layer=4, n_head=4, n_embd=128, patch_size=7, batch_size=128, crop_padding=2, eval_interval=100, log_interval=100)
 COMMON = dict(compile=False, device='cpu', dtype='float32', grad_clip=1.0, dropout=0.0, gradient_accumulation_steps=1)
-# seeds at or below the sweep budget; long_seeds on the first rung above it (2 at the LM's 5,000, 3 for vision)
+# seeds at or below the sweep budget; long_seeds on the rungs above it (2 at the LM's 5,000, 3 for vision)
 SCALES = {
     'full': dict(lm=LM, vision=VISION, budgets=(400, 1500, 5000), sweep_budget=1500, vision_budgets=(1400, 4200, 12600),
                  first_lrs=3, seeds=3, long_seeds=dict(lm=2, vision=3), max_extensions=3, ablation_lrs=3),
@@ -249,10 +249,9 @@ def short(records, task):
 
 def run_cell(runner, ctx, task, budget, preset, optimizer, warmup=WARMUP):
     """One cell at one budget, warmup a fraction of the run. At or below the sweep budget: the lr sweep
-    from FIRST_LRS until bracketed, mSGDW's weight decay swept at the best lr, then seeds. The first rung
-    above it: the sweep budget's best lr and its two grid neighbours, extended until bracketed (mSGDW at
-    the sweep budget's weight decay), then seeds. Each later rung checks whether the rung below is near
-    its plateau: the rung below's best setting, one seed."""
+    from FIRST_LRS until bracketed, mSGDW's weight decay swept at the best lr, then seeds. Above it: the
+    rung below's best lr and its two grid neighbours, extended until bracketed (mSGDW at the rung below's
+    weight decay), then seeds."""
     scale = ctx['scale']
     base = with_budget({**ctx['bases'][task], 'preset': preset, 'optimizer': optimizer,
                         'weight_decay': WEIGHT_DECAY[optimizer]}, budget, warmup)
@@ -262,13 +261,11 @@ def run_cell(runner, ctx, task, budget, preset, optimizer, warmup=WARMUP):
         n_seeds = scale['seeds']
     else:
         below = max(b for b in ctx['rungs'][task] if b < budget)
-        first = below == sweep_budget  # the first rung above the sweep; a later one checks the plateau of the rung below
         ref = run_cell(runner, ctx, task, below, preset, optimizer, warmup)
         i = LR_GRID.index(ref['best_lr'])
         base['weight_decay'] = ref['best_wd']
-        lrs, best_lr = sweep(runner, base, 'learning_rate', LR_GRID[max(0, i - 1):i + 2] if first else [ref['best_lr']],
-                             scale['max_extensions'] if first else 0, LR_GRID)
-        n_seeds = scale['long_seeds'][task] if first else 1
+        lrs, best_lr = sweep(runner, base, 'learning_rate', LR_GRID[max(0, i - 1):i + 2], scale['max_extensions'], LR_GRID)
+        n_seeds = scale['long_seeds'][task]
     base['learning_rate'] = best_lr
     wds = {base['weight_decay']: lrs[best_lr]}
     if optimizer == 'msgdw' and budget <= sweep_budget:
@@ -378,7 +375,7 @@ def fmt(task, value, digits=3):
 
 
 def fmt_cell(task, c):
-    """mean ± std over seeds; a one-seed cell (a plateau check) has no spread to show."""
+    """mean ± std over seeds; one seed has no spread to show."""
     mean = fmt(task, c['mean'])
     return f"{mean} ± {fmt(task, c['std'])}" if len(c['per_seed']) > 1 else mean
 
