@@ -375,15 +375,7 @@ def fmt(task, value, digits=3):
 
 
 def fmt_cell(task, c):
-    """mean ± std over seeds; one seed has no spread to show."""
-    mean = fmt(task, c['mean'])
-    return f"{mean} ± {fmt(task, c['std'])}" if len(c['per_seed']) > 1 else mean
-
-
-def fmt_gap(c, ref):
-    """c's mean minus ref's; the ± combines both cells' seed stds, where both have more than one seed."""
-    gap = f"{c['mean'] - ref['mean']:+.3f}"
-    return f"{gap} ± {math.hypot(c['std'], ref['std']):.3f}" if min(len(c['per_seed']), len(ref['per_seed'])) > 1 else gap
+    return f"{fmt(task, c['mean'])} ± {fmt(task, c['std'])}"
 
 
 def fmt_sweep(task, sweep):
@@ -403,7 +395,8 @@ def cell_tables(task, cells, lines, unit):
         lines += ['', '| gap to standard + AdamW (nats; + is worse) | ' + ' | '.join(f'{b:,}' for b in budgets) + ' |',
                   '|---' * (len(budgets) + 1) + '|']
         for name in names[1:]:
-            row = [fmt_gap(cs[name], cs['standard+adamw']) if name in cs else '' for cs in budgets.values()]
+            row = [f"{cs[name]['mean'] - cs['standard+adamw']['mean']:+.3f} ± {math.hypot(cs[name]['std'], cs['standard+adamw']['std']):.3f}"
+                   if name in cs else '' for cs in budgets.values()]
             lines.append(f'| {CELL_NAMES[name]} | ' + ' | '.join(row) + ' |')
     for b, cs in budgets.items():
         lines += ['', f'Sweeps at {b:,} iterations ({metric_name(task)}, seed {SEED}):', '']

@@ -167,8 +167,3 @@ def test_rungs_above_the_sweep_start_from_the_rung_below_and_extend_until_bracke
     assert list(longer['lr_sweep']) == ['0.0001', '0.0003', '0.001', '0.003'] and longer['best_lr'] == 3e-4
     assert len(longer['per_seed']) == 2
 
-
-def test_one_seed_has_no_spread():
-    one, two = dict(mean=0.88, std=0.0, per_seed=[0.88]), dict(mean=0.87, std=0.01, per_seed=[0.86, 0.88])
-    assert '±' not in reproduce.fmt_cell('vision', one) and '±' in reproduce.fmt_cell('vision', two)
-    assert reproduce.fmt_gap(one, two) == '+0.010' and reproduce.fmt_gap(two, two) == '+0.000 ± 0.014'
