@@ -591,8 +591,11 @@ def make_figures(report, results_dir):
         save(fig, 'ablation.png')
     if 'vision' in summary:
         budgets = by_budget(summary['vision'])
-        fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4.5), squeeze=False)
-        for ax, (b, cs) in zip(axes[0], budgets.items()):
+        rows = math.ceil(len(budgets) / 2)  # two panels a row
+        fig, axes = plt.subplots(rows, 2, figsize=(12, 4.5 * rows), squeeze=False)
+        for ax in axes.flat[len(budgets):]:
+            ax.axis('off')
+        for ax, (b, cs) in zip(axes.flat, budgets.items()):
             for name, c in cs.items():
                 for i, r in enumerate(c['runs']):
                     curve = runs[r]['curve']
