@@ -36,15 +36,13 @@ import numpy as np
 LM = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, eval_interval=100, eval_iters=20, log_interval=100)
 VISION = dict(n_layer=4, n_head=4, n_embd=128, patch_size=7, batch_size=128, crop_padding=2, eval_interval=100, log_interval=100)
 COMMON = dict(compile=False, device='cpu', dtype='float32', grad_clip=1.0, dropout=0.0, gradient_accumulation_steps=1)
-# seeds at or below the sweep budget; long_seeds on the rungs above it (2 at the LM's 5,000, 3 for vision). A probe
-# rung runs the rung below's best setting with one seed: does the metric still climb with a longer run?
+# seeds at or below the sweep budget; long_seeds on the rungs above it (2 at the LM's 5,000, 3 for vision)
 SCALES = {
     'full': dict(lm=LM, vision=VISION, budgets=(400, 1500, 5000), sweep_budget=1500, vision_budgets=(1400, 4200, 12600, 37800),
-                 probes=dict(lm=(), vision=(37800,)), first_lrs=3, seeds=3, long_seeds=dict(lm=2, vision=3), max_extensions=3,
-                 ablation_lrs=3),
+                 first_lrs=3, seeds=3, long_seeds=dict(lm=2, vision=3), max_extensions=3, ablation_lrs=3),
     'quick': dict(lm={**LM, **dict(n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=8, eval_interval=10, eval_iters=2)},
                   vision={**VISION, **dict(n_layer=1, n_embd=32, n_head=2, batch_size=16, eval_interval=10)},
-                  budgets=(10, 20, 40), sweep_budget=10, vision_budgets=(10, 20), probes=dict(lm=(), vision=(20,)), first_lrs=2,
+                  budgets=(10, 20, 40), sweep_budget=10, vision_budgets=(10,), first_lrs=2,
                   seeds=2, long_seeds=dict(lm=2, vision=2), max_extensions=0, ablation_lrs=1),
 }
 LR_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0]  # half-decade steps
@@ -254,7 +252,7 @@ def run_cell(runner, ctx, task, budget, preset, optimizer, warmup=WARMUP):
     """One cell at one budget, warmup a fraction of the run. At or below the sweep budget: the lr sweep
     from FIRST_LRS until bracketed, mSGDW's weight decay swept at the best lr, then seeds. Above it: the
     rung below's best lr and its two grid neighbours, extended until bracketed (mSGDW at the rung below's
-    weight decay), then seeds; a probe rung runs only the rung below's best setting, one seed."""
+    weight decay), then seeds."""
     scale = ctx['scale']
     base = with_budget({**ctx['bases'][task], 'preset': preset, 'optimizer': optimizer,
                         'weight_decay': WEIGHT_DECAY[optimizer]}, budget, warmup)
@@ -267,10 +265,8 @@ def run_cell(runner, ctx, task, budget, preset, optimizer, warmup=WARMUP):
         ref = run_cell(runner, ctx, task, below, preset, optimizer, warmup)
         i = LR_GRID.index(ref['best_lr'])
         base['weight_decay'] = ref['best_wd']
-        probe = budget in ctx['probes'][task]
-        lrs, best_lr = sweep(runner, base, 'learning_rate', [ref['best_lr']] if probe else LR_GRID[max(0, i - 1):i + 2],
-                             0 if probe else scale['max_extensions'], LR_GRID)
-        n_seeds = 1 if probe else scale['long_seeds'][task]
+        lrs, best_lr = sweep(runner, base, 'learning_rate', LR_GRID[max(0, i - 1):i + 2], scale['max_extensions'], LR_GRID)
+        n_seeds = scale['long_seeds'][task]
     base['learning_rate'] = best_lr
     wds = {base['weight_decay']: lrs[best_lr]}
     if optimizer == 'msgdw' and budget <= sweep_budget:
@@ -380,7 +376,7 @@ def fmt(task, value, digits=3):
 
 
 def fmt_cell(task, c):
-    return fmt(task, c['mean']) + (f" ± {fmt(task, c['std'])}" if len(c['per_seed']) > 1 else '')
+    return f"{fmt(task, c['mean'])} ± {fmt(task, c['std'])}"
 
 
 def fmt_sweep(task, sweep):
@@ -613,7 +609,7 @@ def main():
     parser.add_argument('--parts', default='ladder,warmup,ablation,vision', help='comma-separated: ladder, warmup, ablation, vision')
     parser.add_argument('--budgets', help='LM iterations, comma-separated (default 400,1500,5000)')
     parser.add_argument('--vision_budgets', help='ViT iterations, comma-separated; the first is swept (default 1400,4200,12600,37800: '
-                        '3, 9, 27 and 81 epochs, 81 a one-seed probe)')
+                        '3, 9, 27 and 81 epochs)')
     parser.add_argument('--tables_only', action='store_true', help='train nothing: tables and figures from the recorded runs')
     parser.add_argument('--out', help='run folders (default runs/full or runs/quick)')
     parser.add_argument('--results', help='results.json, tables and figures (default results/ or <out>/results)')
@@ -645,7 +641,7 @@ def main():
     runner = Runner(out, os.path.join(results_dir, 'results.json'), data_dirs, args.jobs, train=not args.tables_only)
     # the tables come from every recorded run, each part at its default and asked-for budgets
     everything = {'ladder': sorted({*budgets, *scale['budgets']}), 'vision': sorted({*vision_budgets, *scale['vision_budgets']})}
-    ctx = dict(scale=scale, sweep_budget=dict(lm=scale['sweep_budget'], vision=vision_budgets[0]), probes=scale['probes'],
+    ctx = dict(scale=scale, sweep_budget=dict(lm=scale['sweep_budget'], vision=vision_budgets[0]),
                rungs=dict(lm=everything['ladder'], vision=everything['vision']),
                bases={task: {'task': task, **COMMON, **scale[task], 'momentum': 0.9, 'seed': SEED} for task in ('lm', 'vision')})
     report = runner.report
