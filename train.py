@@ -521,4 +521,5 @@ while True:
         break
 
 if ddp:
+    dist.barrier()  # gloo aborts a process that tears down while a peer is still saving the checkpoint
     dist.destroy_process_group()
