@@ -521,5 +521,10 @@ while True:
         break
 
 if ddp:
-    dist.barrier()  # gloo aborts a process that tears down while a peer is still saving the checkpoint
     dist.destroy_process_group()
+    # DDP keeps the process group's worker threads alive into interpreter shutdown, where one that
+    # releases a collective's tensor aborts the process (pytorch/pytorch#190489); all is saved: skip it
+    if wandb_log and master_process and not eval_only:
+        wandb.finish()
+    sys.stdout.flush()
+    os._exit(0)
