@@ -369,6 +369,22 @@ def by_budget(cells):
     return dict(sorted(out.items()))
 
 
+def gaps_to_adamw(cells):
+    """{cell: [(budget, mean - standard + AdamW's mean, hypot of the two seed stds)]} at each budget that has both."""
+    out = {}
+    for b, cs in by_budget(cells).items():
+        if ref := cs.get('standard+adamw'):
+            for name, c in cs.items():
+                if name != 'standard+adamw':
+                    out.setdefault(name, []).append((b, c['mean'] - ref['mean'], math.hypot(c['std'], ref['std'])))
+    return out
+
+
+GAP_UNITS = {'lm': 'nats of val loss; + is worse', 'vision': 'points of val top-1; − is worse'}
+GAP_SCALE, GAP_DIGITS = {'lm': 1, 'vision': 100}, {'lm': 3, 'vision': 2}  # vision's gap in points of top-1
+TASK_TITLES = {'lm': 'Tiny Shakespeare char GPT', 'vision': 'Fashion-MNIST ViT'}
+
+
 def fmt(task, value, digits=3):
     if value is None or not math.isfinite(value):
         return 'diverged'
@@ -392,12 +408,13 @@ def cell_tables(task, cells, lines, unit):
         row = [f"{fmt_cell(task, c)} (n={len(c['per_seed'])}; lr {c['best_lr']:g}" + (f", wd {c['best_wd']:g})" if 'msgdw' in name else ')')
                if (c := budgets[b].get(name)) else '' for b in budgets]
         lines.append(f'| {CELL_NAMES[name]} | ' + ' | '.join(row) + ' |')
-    if task == 'lm' and all('standard+adamw' in cs for cs in budgets.values()):
-        lines += ['', '| gap to standard + AdamW (nats; + is worse) | ' + ' | '.join(f'{b:,}' for b in budgets) + ' |',
+    if gaps := gaps_to_adamw(cells):
+        lines += ['', f'| gap to standard + AdamW ({GAP_UNITS[task]}) | ' + ' | '.join(f'{b:,}' for b in budgets) + ' |',
                   '|---' * (len(budgets) + 1) + '|']
+        scale = GAP_SCALE[task]
         for name in names[1:]:
-            row = [f"{cs[name]['mean'] - cs['standard+adamw']['mean']:+.3f} ± {math.hypot(cs[name]['std'], cs['standard+adamw']['std']):.3f}"
-                   if name in cs else '' for cs in budgets.values()]
+            at = {b: (g, e) for b, g, e in gaps.get(name, [])}
+            row = [f'{scale * at[b][0]:+.{GAP_DIGITS[task]}f} ± {scale * at[b][1]:.{GAP_DIGITS[task]}f}' if b in at else '' for b in budgets]
             lines.append(f'| {CELL_NAMES[name]} | ' + ' | '.join(row) + ' |')
     for b, cs in budgets.items():
         lines += ['', f'Sweeps at {b:,} iterations ({metric_name(task)}, seed {SEED}):', '']
@@ -502,22 +519,31 @@ def make_figures(report, results_dir):
         axes[0].set_ylabel(f'best val loss, seed {SEED}')
         save(fig, name)
 
+    # (a) the gap to standard + AdamW against data seen, each point a full run with its own schedule
+    panels = [(task, gaps, per_iter, what) for task, part, per_iter, what in
+              (('lm', 'ladder', lm['batch_size'] * lm['block_size'], 'tokens'),
+               ('vision', 'vision', report['settings']['vision']['batch_size'], 'images'))
+              if (gaps := gaps_to_adamw(summary.get(part, {})))]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+        for ax, (task, gaps, per_iter, what) in zip(axes[0], panels):
+            scale = GAP_SCALE[task]
+            for name in [f'{p}+{o}' for p, o in CELLS[task]]:
+                if name in gaps:
+                    b, g, e = np.array(gaps[name]).T
+                    ax.errorbar(b * per_iter, scale * g, yerr=scale * e, marker='o', capsize=3, color=COLORS[name], label=CELL_NAMES[name])
+            ax.axhline(0, color=COLORS['standard+adamw'], ls='--', label='standard + AdamW')
+            seen = sorted({b * per_iter for pts in gaps.values() for b, *_ in pts})
+            epochs = TRAIN_IMAGES.get(report['settings']['scale']) if task == 'vision' else None
+            ax.set_xscale('log')
+            ax.set_xticks(seen, [f'{x / 1e6:.2g}M' + (f'\n{x / epochs:.2g} epochs' if epochs else '') for x in seen])
+            ax.minorticks_off()
+            ax.set(xlabel=f'{what} seen (one run per budget, each tuned)', ylabel=GAP_UNITS[task],
+                   title=f'{TASK_TITLES[task]}: gap to standard + AdamW (± seed std)')
+            ax.legend(fontsize=8)
+        save(fig, 'gap_vs_tokens.png')
     if 'ladder' in summary:
         budgets = by_budget(summary['ladder'])
-        # (a) the gap to standard + AdamW against tokens seen, each point a full run with its own schedule
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for name in [f'{p}+{o}' for p, o in CELLS['lm']][1:]:
-            pts = [(b * lm['batch_size'] * lm['block_size'], cs[name]['mean'] - cs['standard+adamw']['mean'],
-                    math.hypot(cs[name]['std'], cs['standard+adamw']['std'])) for b, cs in budgets.items()
-                   if name in cs and 'standard+adamw' in cs]
-            if pts:
-                x, y, e = zip(*pts)
-                ax.errorbar(x, y, yerr=e, marker='o', capsize=3, color=COLORS[name], label=CELL_NAMES[name])
-        ax.axhline(0, color=COLORS['standard+adamw'], ls='--', label='standard + AdamW')
-        ax.set(xscale='log', xlabel='tokens seen (one run per budget, each tuned)', ylabel='best val loss − standard + AdamW (nats)',
-               title='Tiny Shakespeare char GPT: gap to standard + AdamW (± seed std)')
-        ax.legend(fontsize=8)
-        save(fig, 'gap_vs_tokens.png')
         # (b) val curves, mean over seeds with the seeds' range, at each budget above the smallest
         shown = [b for b in budgets if b > min(budgets)] or list(budgets)
         fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4.5), squeeze=False)

@@ -100,7 +100,8 @@ def test_memory_table(quick):
 
 def test_tables_and_figures_written(quick):
     text = (quick['results'] / 'results.md').read_text()
-    for heading in ('budget ladder', 'gap to standard + AdamW', 'Warmup and momentum', 'Ablation', 'Fashion-MNIST',
+    for heading in ('budget ladder', 'gap to standard + AdamW (nats', 'Warmup and momentum', 'Ablation', 'Fashion-MNIST',
+                    'gap to standard + AdamW (points',
                     'Optimizer state', 'Wall time', 'Every recorded run'):
         assert heading in text
     pytest.importorskip('matplotlib')
@@ -167,3 +168,20 @@ def test_rungs_above_the_sweep_start_from_the_rung_below_and_extend_until_bracke
     assert list(longer['lr_sweep']) == ['0.0001', '0.0003', '0.001', '0.003'] and longer['best_lr'] == 3e-4
     assert len(longer['per_seed']) == 2
 
+
+
+def test_gaps_to_adamw_in_tables_for_both_tasks(tmp_path):
+    cell = lambda mean, std: dict(mean=mean, std=std)
+    cells = {'100/standard+adamw': cell(0.80, 0.03), '100/dnt+msgdw': cell(0.83, 0.04),
+             '300/standard+adamw': cell(0.90, 0.0), '300/dnt+msgdw': cell(0.85, 0.01),
+             '900/dnt+msgdw': cell(0.95, 0.01)}  # no reference at 900: no gap there
+    gaps = reproduce.gaps_to_adamw(cells)
+    assert list(gaps) == ['dnt+msgdw']
+    (b1, g1, e1), (b2, g2, e2) = gaps['dnt+msgdw']
+    assert (b1, b2) == (100, 300)
+    assert g1 == pytest.approx(0.03) and e1 == pytest.approx(0.05) and g2 == pytest.approx(-0.05) and e2 == pytest.approx(0.01)
+    lines = []
+    reproduce.cell_tables('vision', {k: {**c, 'per_seed': [c['mean']], 'best_lr': 0.1, 'best_wd': 1e-3, 'lr_sweep': {}, 'wd_sweep': {}}
+                                     for k, c in cells.items()}, lines, lambda b: f'{b} iters')
+    row = next(line for line in lines if line.startswith('| DNT + mSGDW | +'))
+    assert row == '| DNT + mSGDW | +3.00 ± 5.00 | -5.00 ± 1.00 |  |'  # points of top-1, in the budgets' order
