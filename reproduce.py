@@ -358,6 +358,9 @@ CELL_NAMES = {'standard+adamw': 'standard + AdamW', 'dnt+adamw': 'DNT + AdamW', 
               'dnt+msgdw': 'DNT + mSGDW', 'standard+muon': 'standard + Muon', 'dnt+muon': 'DNT + Muon'}
 COLORS = {'standard+adamw': 'tab:red', 'dnt+adamw': 'tab:blue', 'standard+msgdw': 'tab:orange', 'dnt+msgdw': 'tab:cyan',
           'standard+muon': 'tab:brown', 'dnt+muon': 'tab:green'}
+GAP_UNITS = {'lm': 'nats of val loss; + is worse', 'vision': 'points of val top-1; − is worse'}
+GAP_SCALE, GAP_DIGITS = {'lm': 1, 'vision': 100}, {'lm': 3, 'vision': 2}  # vision's gap in points of top-1
+TASK_TITLES = {'lm': 'Tiny Shakespeare char GPT', 'vision': 'Fashion-MNIST ViT'}
 
 
 def by_budget(cells):
@@ -378,11 +381,6 @@ def gaps_to_adamw(cells):
                 if name != 'standard+adamw':
                     out.setdefault(name, []).append((b, c['mean'] - ref['mean'], math.hypot(c['std'], ref['std'])))
     return out
-
-
-GAP_UNITS = {'lm': 'nats of val loss; + is worse', 'vision': 'points of val top-1; − is worse'}
-GAP_SCALE, GAP_DIGITS = {'lm': 1, 'vision': 100}, {'lm': 3, 'vision': 2}  # vision's gap in points of top-1
-TASK_TITLES = {'lm': 'Tiny Shakespeare char GPT', 'vision': 'Fashion-MNIST ViT'}
 
 
 def fmt(task, value, digits=3):
@@ -520,13 +518,13 @@ def make_figures(report, results_dir):
         save(fig, name)
 
     # (a) the gap to standard + AdamW against data seen, each point a full run with its own schedule
-    panels = [(task, gaps, per_iter, what) for task, part, per_iter, what in
-              (('lm', 'ladder', lm['batch_size'] * lm['block_size'], 'tokens'),
-               ('vision', 'vision', report['settings']['vision']['batch_size'], 'images'))
+    panels = [(task, gaps, per_iter, what, train_images) for task, part, per_iter, what, train_images in
+              (('lm', 'ladder', lm['batch_size'] * lm['block_size'], 'tokens', None),
+               ('vision', 'vision', report['settings']['vision']['batch_size'], 'images', TRAIN_IMAGES.get(report['settings']['scale'])))
               if (gaps := gaps_to_adamw(summary.get(part, {})))]
     if panels:
         fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
-        for ax, (task, gaps, per_iter, what) in zip(axes[0], panels):
+        for ax, (task, gaps, per_iter, what, train_images) in zip(axes[0], panels):
             scale = GAP_SCALE[task]
             for name in [f'{p}+{o}' for p, o in CELLS[task]]:
                 if name in gaps:
@@ -534,9 +532,8 @@ def make_figures(report, results_dir):
                     ax.errorbar(b * per_iter, scale * g, yerr=scale * e, marker='o', capsize=3, color=COLORS[name], label=CELL_NAMES[name])
             ax.axhline(0, color=COLORS['standard+adamw'], ls='--', label='standard + AdamW')
             seen = sorted({b * per_iter for pts in gaps.values() for b, *_ in pts})
-            epochs = TRAIN_IMAGES.get(report['settings']['scale']) if task == 'vision' else None
             ax.set_xscale('log')
-            ax.set_xticks(seen, [f'{x / 1e6:.2g}M' + (f'\n{x / epochs:.2g} epochs' if epochs else '') for x in seen])
+            ax.set_xticks(seen, [f'{x / 1e6:.2g}M' + (f'\n{x / train_images:.2g} epochs' if train_images else '') for x in seen])
             ax.minorticks_off()
             ax.set(xlabel=f'{what} seen (one run per budget, each tuned)', ylabel=GAP_UNITS[task],
                    title=f'{TASK_TITLES[task]}: gap to standard + AdamW (± seed std)')

@@ -169,9 +169,8 @@ def test_rungs_above_the_sweep_start_from_the_rung_below_and_extend_until_bracke
     assert len(longer['per_seed']) == 2
 
 
-
-def test_gaps_to_adamw_in_tables_for_both_tasks(tmp_path):
-    cell = lambda mean, std: dict(mean=mean, std=std)
+def test_gaps_to_adamw_in_tables_for_both_tasks():
+    cell = lambda mean, std: dict(mean=mean, std=std, per_seed=[mean], best_lr=0.1, best_wd=1e-3, lr_sweep={}, wd_sweep={})
     cells = {'100/standard+adamw': cell(0.80, 0.03), '100/dnt+msgdw': cell(0.83, 0.04),
              '300/standard+adamw': cell(0.90, 0.0), '300/dnt+msgdw': cell(0.85, 0.01),
              '900/dnt+msgdw': cell(0.95, 0.01)}  # no reference at 900: no gap there
@@ -181,7 +180,6 @@ def test_gaps_to_adamw_in_tables_for_both_tasks(tmp_path):
     assert (b1, b2) == (100, 300)
     assert g1 == pytest.approx(0.03) and e1 == pytest.approx(0.05) and g2 == pytest.approx(-0.05) and e2 == pytest.approx(0.01)
     lines = []
-    reproduce.cell_tables('vision', {k: {**c, 'per_seed': [c['mean']], 'best_lr': 0.1, 'best_wd': 1e-3, 'lr_sweep': {}, 'wd_sweep': {}}
-                                     for k, c in cells.items()}, lines, lambda b: f'{b} iters')
+    reproduce.cell_tables('vision', cells, lines, lambda b: f'{b} iters')
     row = next(line for line in lines if line.startswith('| DNT + mSGDW | +'))
     assert row == '| DNT + mSGDW | +3.00 ± 5.00 | -5.00 ± 1.00 |  |'  # points of top-1, in the budgets' order
