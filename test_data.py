@@ -288,3 +288,51 @@ def test_bench_times_the_loader(prepared):
     assert r.stdout.startswith(f'loader: {prepared}, 21 images of 16x16x3 -> 12 px, 2 x 4 images an iteration')
     rates = re.findall(r'^(read|read \+ augment on cpu) +([\d,]+) img/s$', r.stdout, re.M)
     assert [label for label, _ in rates] == ['read', 'read + augment on cpu'] and all(float(v.replace(',', '')) > 0 for _, v in rates)
+
+
+# ----------------------------------------------------------------------------------------
+# what the training batches are: next-token targets, every window, flips at the drawn rate
+
+def test_text_batches_are_windows_and_their_next_tokens(tmp_path):
+    """Each x is a window of the token file and y the same window one token on; over many draws the
+    windows start everywhere from the first token to the last window that still has a target."""
+    T, n = 8, 20
+    tokens = np.random.default_rng(0).permutation(n).astype(np.uint16)  # distinct ids: x[0] tells the window
+    for split in ('train', 'val'):
+        tokens.tofile(tmp_path / f'{split}.bin')
+    meta = dict(kind='text', tokenizer='char', vocab_size=n, itos=[chr(97 + i) for i in range(n)])
+    data = D.TextData(str(tmp_path), meta, 'cpu', batch_size=16, block_size=T, eval_iters=4, eval_seed=0)
+    where = {int(t): i for i, t in enumerate(tokens)}
+    starts = set()
+    batches = data.get_batches('train', 8, slice(None), torch.Generator().manual_seed(0))
+    batches += list(data.eval_batches('val', 0, 1))
+    for x, y in batches:
+        assert x.shape == y.shape == (16, T) and x.dtype == y.dtype == torch.int64
+        for xi, yi in zip(x.numpy(), y.numpy()):
+            s = where[int(xi[0])]
+            assert np.array_equal(xi, tokens[s:s + T]) and np.array_equal(yi, tokens[s + 1:s + 1 + T])
+            starts.add(s)
+    assert starts == set(range(n - T))  # the last window's target is the file's last token
+
+
+@pytest.mark.parametrize('crop', ['pad', 'rrc'])
+@pytest.mark.parametrize('flip', [True, False])
+def test_training_batches_flip_half_the_images(tmp_path, crop, flip):
+    """With crops that keep the whole image (no padding; rrc at scale 1), each training image is the
+    stored one or its mirror: half of them mirrored with flip=True, none without."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
+    y = np.arange(16) % 2
+    np.savez(tmp_path / 'img.npz', x_train=x, y_train=y, x_test=x, y_test=y)
+    assert prepare('npz', '--input', tmp_path / 'img.npz', '--out_dir', tmp_path / 'data') is None
+    data = image_data(tmp_path / 'data', batch_size=64, crop=crop, crop_padding=0, rrc_min_scale=1.0, flip=flip)
+    stored = data.normalize(torch.from_numpy(x).permute(0, 3, 1, 2))  # (16, 1, 8, 8)
+    mirrored = 0
+    for xb, yb in data.get_batches('train', 8, slice(None), torch.Generator().manual_seed(0)):
+        for img in xb:
+            same = [i for i in range(16) if torch.allclose(img, stored[i], atol=1e-4)]
+            flipped = [i for i in range(16) if torch.allclose(img, stored[i].flip(-1), atol=1e-4)]
+            assert len(same) + len(flipped) == 1, "an image that is neither a stored one nor its mirror"
+            mirrored += len(flipped)
+    rate = mirrored / (8 * 64)
+    assert (0.44 < rate < 0.56) if flip else rate == 0, rate  # 512 draws: 0.5 +- 2.7 std

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sample
-from model import ViT, ViTConfig
+from model import GPT, GPTConfig, ViT, ViTConfig
 
 TORCH_LOAD = torch.load
 
@@ -86,6 +86,32 @@ def test_seed_reproducible_and_different_seeds_differ(text_run, capsys):
     assert a != c
     assert samples(a)[0] != samples(a)[1]  # the samples of one run differ from each other too
 
+
+def test_temperature_sharpens_or_flattens_the_samples(text_run, capsys):
+    """Same seed, two temperatures: the cold samples are the likelier ones under the model (mean
+    log-probability per sampled token, read with the same window of block_size tokens as generate)."""
+    out_dir, data_dir = text_run
+    ckpt = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True)
+    model = GPT(GPTConfig(**ckpt['model_args']))
+    model.load_state_dict(ckpt['model'])
+    stoi = {c: i for i, c in enumerate(json.load(open(os.path.join(data_dir, 'meta.json')))['itos'])}
+    block = ckpt['model_args']['block_size']
+
+    def mean_logprob(temperature):
+        out = sample_main(capsys, f'--out_dir={out_dir}', f'--start={PROMPT}', '--num_samples=4', '--max_new_tokens=60',
+                          f'--temperature={temperature}', '--top_k=0', '--seed=7', '--device=cpu')
+        total = []
+        for s in samples(out):
+            ids = torch.tensor([stoi[c] for c in s])
+            with torch.no_grad():
+                for t in range(len(PROMPT), len(ids)):
+                    logits, _ = model(ids[max(0, t - block):t][None])
+                    total.append(torch.log_softmax(logits[0, -1], -1)[ids[t]].item())
+        return out, sum(total) / len(total)
+
+    (cold, cold_lp), (hot, hot_lp) = mean_logprob(0.5), mean_logprob(2.0)
+    assert cold != hot
+    assert cold_lp > hot_lp + 0.3, (cold_lp, hot_lp)
 
 def test_prompt_from_file(text_run, capsys, tmp_path):
     out_dir, _ = text_run

@@ -5,6 +5,7 @@ loading code runs too. Runs are shared between tests through module-scoped fixtu
 Run: python -m pytest -q test_train.py --durations=10
 """
 import json
+import math
 import os
 import shutil
 import signal
@@ -178,9 +179,17 @@ def test_lm_run_learns_and_writes_outputs(lm_runs, text_data, opt):
     assert {'data', 'cpu', 'world_size'} <= ckpt['rng'].keys() and ckpt['rng']['world_size'] == 1
 
 
-def test_image_run_learns(image_data, tmp_path):
-    train(tmp_path, image_data, optimizer='adamw', learning_rate=3e-3, min_lr=3e-4, batch_size=16, patch_size=4,
+@pytest.fixture(scope='module')
+def image_run(tmp_path_factory, image_data):
+    """A tiny ViT trained for 30 iterations on image_data (AdamW, no label smoothing)."""
+    out = tmp_path_factory.mktemp('image_run') / 'out'
+    train(out, image_data, optimizer='adamw', learning_rate=3e-3, min_lr=3e-4, batch_size=16, patch_size=4,
           crop_padding=1, max_iters=30, eval_interval=15, lr_decay_iters=30)
+    return out
+
+
+def test_image_run_learns(image_run):
+    tmp_path = image_run
     assert {p.name for p in tmp_path.iterdir()} >= {'ckpt.pt', 'log.jsonl', 'config.json'}
     log = read_log(tmp_path)
     vals = [(r['iter'], r['val_loss'], r['val_acc']) for r in log if 'val_loss' in r]
@@ -193,6 +202,87 @@ def test_image_run_learns(image_data, tmp_path):
     assert (ckpt['model_args']['image_size'], ckpt['model_args']['in_chans'], ckpt['model_args']['num_classes']) == (8, 1, 2)
     assert not any('_orig_mod.' in k for k in ckpt['model'])
 
+
+# ----------------------------------------------------------------------------------------
+# what one training step does, seen from outside: the lr it used, the update, the loss, the statistics
+
+def schedule(it, lr, min_lr, warmup, decay):
+    """Linear warmup from lr / (warmup + 1) over `warmup` steps, cosine to min_lr at `decay`, then min_lr."""
+    if it < warmup:
+        return lr * (it + 1) / (warmup + 1)
+    if it >= decay:
+        return min_lr
+    return min_lr + (lr - min_lr) * (1 + math.cos(math.pi * (it - warmup) / (decay - warmup))) / 2
+
+
+def test_lr_follows_the_schedule(text_data, tmp_path):
+    lr, min_lr, warmup, decay = 0.5, 0.05, 4, 12
+    train(tmp_path, text_data, learning_rate=lr, min_lr=min_lr, warmup_iters=warmup, lr_decay_iters=decay,
+          max_iters=16, eval_interval=8)
+    log = read_log(tmp_path)
+    steps = [(r['iter'] - 1, r['lr']) for r in log if 'loss' in r]  # the line after step i has iter i + 1
+    evals = [(r['iter'], r['lr']) for r in log if 'val_loss' in r]
+    assert [i for i, _ in steps] == list(range(16)) and [i for i, _ in evals] == [0, 8, 16]
+    for it, logged in steps + evals:
+        assert logged == pytest.approx(schedule(it, lr, min_lr, warmup, decay), rel=1e-9, abs=0), it
+    # and the optimizer ran at that lr: the checkpoint, saved after the eval at 16, holds min_lr
+    assert {g['lr'] for g in load_ckpt(tmp_path)['optimizer']['param_groups']} == {min_lr}
+
+
+def one_plain_step(lm_runs, out, *extra):
+    """Resume the msgdw run at iter N for one step of plain SGD (lr 1, no momentum, decay or schedule);
+    the weights before and after it. Each weight then moves by minus its (clipped) gradient."""
+    good_run_copy(lm_runs, out)
+    before = load_ckpt(out)['model']
+    resume(out, f'--max_iters={N + 1}', '--learning_rate=1.0', '--momentum=0.0', '--weight_decay=0.0',
+           '--decay_lr=False', *extra)
+    after = load_ckpt(out)
+    assert after['iter_num'] == N + 1
+    return before, after['model']
+
+
+def update_norm(before, after):
+    return math.sqrt(sum(((before[k] - after[k]).double() ** 2).sum().item() for k in before if k != 'lm_head.weight'))
+
+
+def test_grad_clip_bounds_the_update(lm_runs, tmp_path):
+    clipped = update_norm(*one_plain_step(lm_runs, tmp_path / 'clip', '--grad_clip=0.001'))
+    assert clipped == pytest.approx(0.001, rel=1e-3)  # lr x the clipped gradient's norm
+    unclipped = update_norm(*one_plain_step(lm_runs, tmp_path / 'off', '--grad_clip=0.0'))
+    assert unclipped > 0.01  # the gradient's own norm: clipping at 0.001 did bind
+
+
+def test_grad_stats_describe_the_gradient_of_their_step(lm_runs, tmp_path):
+    """The logged statistics of |g| equal those of the gradient the step applied (read off the update)."""
+    out = tmp_path / 'out'
+    before, after = one_plain_step(lm_runs, out, '--grad_clip=0.0', '--grad_stats_interval=1')
+    stats = [r['grad_stats'] for r in read_log(out) if 'grad_stats' in r]
+    assert len(stats) == 1
+    tensors, total = stats[0]['tensors'], 0
+    assert set(tensors) == {k for k, v in before.items() if v.dim() >= 2 and k != 'lm_head.weight'}
+    for name, logged in tensors.items():
+        g = (before[name] - after[name]).flatten()
+        a = g[g != 0].abs().sort().values
+        total += a.numel()
+        quantile = lambda q: a[min(int(q * a.numel()), a.numel() - 1)].item()
+        for key, value in dict(median=quantile(0.5), p99=quantile(0.99), p999=quantile(0.999), max=a[-1].item()).items():
+            assert logged[key] == pytest.approx(value, rel=1e-3), (name, key)
+        c = g[g != 0] - g[g != 0].mean()
+        assert logged['kurtosis'] == pytest.approx(((c ** 4).mean() / (c ** 2).mean() ** 2).item(), rel=1e-2), name
+    assert sum(stats[0]['hist']['all']) == total  # every nonzero entry in one bin
+
+
+def test_label_smoothing_reaches_the_image_loss(image_run, tmp_path):
+    """One step from the trained ViT with and without smoothing, same weights and batch: the smoothed loss is
+    (1 - eps) CE + eps mean_k(-log p_k), above the plain one by at least eps (log K - CE)."""
+    losses = {}
+    for eps in (0.0, 0.3):
+        shutil.copytree(image_run, tmp_path / str(eps))
+        resume(tmp_path / str(eps), '--max_iters=31', f'--label_smoothing={eps}')
+        losses[eps] = train_losses(read_log(tmp_path / str(eps)))[-1]
+    (i0, plain), (i1, smoothed) = losses[0.0], losses[0.3]
+    assert i0 == i1 == 31 and plain < math.log(2) - 0.1  # a confident model: smoothing must show
+    assert smoothed - plain >= 0.3 * (math.log(2) - plain) - 1e-6, losses
 
 # ----------------------------------------------------------------------------------------
 # exact resume, DDP, compile
@@ -218,10 +308,11 @@ def test_resume_is_exact(lm_runs, opt):
 
 
 def test_torchrun_matches_single_process(text_data, tmp_path):
-    cfg = dict(gradient_accumulation_steps=2, batch_size=4, max_iters=3, eval_interval=3, learning_rate=1)
+    # two micro-steps per process: the gradients must be synced on the last one, after both are summed
+    cfg = dict(gradient_accumulation_steps=4, batch_size=4, max_iters=3, eval_interval=3, learning_rate=1)
     single = train(tmp_path / 'single', text_data, **cfg)
     ddp = train(tmp_path / 'ddp', text_data, torchrun=True, **cfg)
-    assert '2 process(es), 1 micro-steps' in ddp.stdout and '1 process(es), 2 micro-steps' in single.stdout
+    assert '2 process(es), 2 micro-steps' in ddp.stdout and '1 process(es), 4 micro-steps' in single.stdout
     assert ddp.stdout.count('saved checkpoint') == 1  # only rank 0 logs and saves
     ls, ld = read_log(tmp_path / 'single'), read_log(tmp_path / 'ddp')
     assert [i for i, _ in train_losses(ld)] == [1, 2, 3]
@@ -440,6 +531,42 @@ def test_nan_loss_stops_without_saving(lm_runs, text_data, tmp_path):
     assert all(torch.isfinite(v).all() for v in after['model'].values())
     assert not list(out.glob('*.tmp'))
 
+
+# train.py run with torch.save replaced: the checkpoint is serialized, then written half and the disk is
+# full (OSError ENOSPC), or written whole and the process is killed before anything else can run
+CRASHING_SAVE = '''
+import errno, io, os, runpy, signal, sys, torch
+real_save, mode = torch.save, sys.argv.pop(1)
+def save(obj, f, *args, **kwargs):
+    buf = io.BytesIO()
+    real_save(obj, buf, *args, **kwargs)
+    data = buf.getvalue()
+    with (open(f, 'wb') if isinstance(f, (str, os.PathLike)) else f) as out:
+        out.write(data[:len(data) // 2] if mode == 'full' else data)
+        out.flush()
+    if mode == 'full':
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = save
+sys.argv[0] = 'train.py'
+runpy.run_path('train.py', run_name='__main__')
+'''
+
+
+@pytest.mark.parametrize('mode', ['full', 'kill'])
+def test_interrupted_checkpoint_write_keeps_the_last_one(lm_runs, tmp_path, mode):
+    out = good_run_copy(lm_runs, tmp_path / 'out')
+    before = (out / 'ckpt.pt').read_bytes()
+    r = subprocess.run([sys.executable, '-c', CRASHING_SAVE, mode, '--init_from=resume', arg('out_dir', str(out)),
+                        '--device=cpu', '--compile=False', f'--max_iters={N + 2}', '--eval_interval=1'],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == (1 if mode == 'full' else -signal.SIGKILL), r.stderr
+    assert (out / 'ckpt.pt').read_bytes() == before  # iter N's checkpoint, untouched
+    if mode == 'full':  # a full disk: said in one line, and the partial file is gone
+        assert_clean_error(r, 'train.py: error: ', 'No space left on device')
+        assert len(r.stderr.strip().splitlines()) == 1 and not list(out.glob('*.tmp'))
+    resume(out, f'--max_iters={N + 2}')  # the run goes on from iter N
+    assert load_ckpt(out)['iter_num'] == N + 2 and not list(out.glob('*.tmp'))
 
 def run_until_signal(out_dir, data_dir, n_losses, sig, **cfg):
     """Start a long run, send `sig` once its log has n_losses training losses; (returncode, stdout, stderr)."""

@@ -403,8 +403,15 @@ def save_checkpoint():
                       best_val_loss=best_val_loss, config=config, rng=rng, evaluated=evaluated,
                       log_bytes=os.path.getsize(log_path) if os.path.exists(log_path) else 0,
                       meta=meta)  # the dataset's meta.json: sample.py decodes with its tokenizer, data dir or not
-    torch.save(checkpoint, ckpt_path + '.tmp')
-    os.replace(ckpt_path + '.tmp', ckpt_path)  # atomic: a crash mid-write keeps the previous checkpoint
+    try:
+        torch.save(checkpoint, ckpt_path + '.tmp')
+        os.replace(ckpt_path + '.tmp', ckpt_path)  # atomic: a crash mid-write keeps the previous checkpoint
+    except OSError as e:  # a full disk, a read-only one: the previous checkpoint stays, the partial file goes
+        if os.path.exists(ckpt_path + '.tmp'):
+            os.remove(ckpt_path + '.tmp')
+        kept = f"{ckpt_path} still holds the last one" if os.path.exists(ckpt_path) else "nothing was saved"
+        fail(f"cannot save the checkpoint of iter {iter_num} ({e.strerror or e}); {kept}: free space or fix "
+             "the permissions of out_dir, then resume")
     log(f"saved checkpoint to {ckpt_path}")
 
 
