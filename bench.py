@@ -17,71 +17,29 @@ import resource
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import fields
 
 import torch
 
-from configurator import ConfigError, configure
+from configurator import ConfigError, configure, defaults_of
+from devices import autocast
 from model import GPT, GPTConfig, ViT, ViTConfig
 
 # ----------------------------------------------------------------------------------------
-# default config: train.py's keys and defaults for the model, optimizer and system
+# default config: train.py's (so that its config files work here; its I/O, data and schedule keys go
+# unused), and what bench.py adds or changes
+globals().update(defaults_of('train.py'))
 model = 'gpt'  # 'gpt' (random token ids) or 'vit' (random images): no dataset, so train.py's image configs need --model=vit
-batch_size = 12
-block_size = 1024
 vocab_size = 50304  # train.py's 0 ("the dataset's") has no dataset here: give the number
 image_size = 32  # ViT: train.py takes these three from the dataset
 in_chans = 3
 num_classes = 10
-preset = 'dnt'
-norm = 'layernorm'
-input_norm = None
-mlp_prenorm = None
-qk_norm = None
-mid_norm = None
-final_norm = True
-n_layer = 12
-n_head = 12
-n_embd = 768
-dropout = 0.0
-bias = False
-patch_size = 4
-pool = 'cls'
-optimizer = 'msgdw'
-learning_rate = 1.0
-weight_decay = 1e-4
-momentum = 0.9
-nesterov = False
-beta1 = 0.9
-beta2 = 0.95
-grad_clip = 1.0
-# benchmark
 warmup = 5  # untimed steps per variant: compilation, allocator, optimizer state
 iters = 20  # timed steps per variant
 compare = ''  # 'KEY=A,B': variants A and B, timed interleaved; more keys: 'K1=A,B;K2=C,D'
 profile = False  # torch.profiler table over `iters` steps of the config (no compare)
 trace = ''  # with profile: write a chrome trace to this path
-device = 'cuda' if torch.cuda.is_available() else 'cpu'
-dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
-compile = True
-seed = 1337
-# loader: train.py's image keys (image_size above)
-loader = ''  # a dataset directory: time the image pipeline on it instead of a model step
-gradient_accumulation_steps = 40
-data_workers = 4
-augment = True
-crop = 'pad'
-crop_padding = 4
-rrc_min_scale = 0.08
-flip = True
-mixup = 0.0
-cutmix = 0.0
-# train.py's other keys (I/O, data, schedule, logs): accepted so that its config files work here,
-# and unused. None takes a value of any type. test_bench.py keeps this list in step with train.py.
-out_dir = eval_interval = log_interval = eval_iters = eval_only = always_save_checkpoint = None
-init_from = overwrite = reset_optimizer = wandb_log = wandb_project = wandb_run_name = dataset = data_dir = stream = label_smoothing = None
-max_iters = decay_lr = warmup_iters = lr_decay_iters = min_lr = grad_stats_interval = None
+loader = ''  # a dataset directory: time train.py's image pipeline on it instead of a model step
 # ----------------------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
 try:
@@ -102,7 +60,7 @@ def time_loader():
         meta = load_meta(loader)
         data = ImageData(loader, meta, device, batch_size, image_size, augment, crop, crop_padding, rrc_min_scale,
                          flip, mixup, cutmix, stream=True, data_workers=data_workers)
-    except (FileNotFoundError, DataError) as e:
+    except DataError as e:
         sys.exit(f"bench.py: {e}")
     gen, n = torch.Generator().manual_seed(seed), gradient_accumulation_steps
     sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
@@ -167,8 +125,7 @@ class Variant:
         except ValueError as e:
             sys.exit(f"bench.py: {e}")
         self.model = torch.compile(self.raw_model) if cfg['compile'] else self.raw_model
-        ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg['dtype']]
-        self.ctx = nullcontext() if cfg['dtype'] == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+        self.ctx = autocast(self.device, cfg['dtype'])
         self.scaler = torch.amp.GradScaler(device_type, enabled=(cfg['dtype'] == 'float16'))
         self.step_ms, self.opt_ms = [], []
 

@@ -9,13 +9,38 @@ scripts report in one line; an int is accepted for a float.
 """
 import ast
 import difflib
+import os
+import sys
 import types
 
 import torch
 
 
 class ConfigError(ValueError):
-    """A bad config file or --key=value."""
+    """A wrong input (config value, checkpoint, run directory) or a run that cannot go on: the scripts
+    report it in one line (report_errors)."""
+
+
+def report_errors(script, *error_types):
+    """From here on, an uncaught ConfigError (or one of error_types) ends the script with its message as
+    one line on stderr and exit status 1; any other exception keeps its traceback."""
+    types_ = (ConfigError, *error_types)
+
+    def hook(exc_type, exc, tb):
+        if not issubclass(exc_type, types_):
+            return sys.__excepthook__(exc_type, exc, tb)
+        print(f"{script}: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+
+    sys.excepthook = hook
+
+
+def defaults_of(script):
+    """A script's default config, without running it: its code up to `config_keys = ...`, run in a fresh namespace."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), script)) as f:
+        source = f.read()
+    namespace = {}
+    exec(compile(source[:source.index('\nconfig_keys = ')], script, 'exec'), namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))}
 
 
 def _check(defaults, key, value, source):

@@ -3,20 +3,22 @@ DNT, the Deeply Normalized Transformer (Qi et al., arXiv 2507.17501), as a GPT a
 that share one Block. Every normalization position is a config switch; a position that is
 off is nn.Identity(), so the standard GPT-2 / ViT and every ablation run the same code.
 
-    x = InputNorm(embedding)                                   -> `ln_in`   (input_norm)
+    x = InputNorm(embedding)                                   -> ln_in (input_norm)
     for each block:
-        x = x + MidNorm(Attn_with_QKNorm(PreNorm(x)))          -> `ln_1`, `attn.q_norm/k_norm` (qk_norm), `ln_mid_1` (mid_norm)
-        x = x + MidNorm(MLP([PreNorm](x)))                     -> `ln_2` (mlp_prenorm), `ln_mid_2` (mid_norm)
-    logits = head(FinalNorm(x))                                -> `ln_f`    (final_norm)
+        x = x + MidNorm(Attn_with_QKNorm(PreNorm(x)))          -> ln_1, attn.q_norm/k_norm (qk_norm), ln_mid_1 (mid_norm)
+        x = x + MidNorm(MLP([PreNorm](x)))                     -> ln_2 (mlp_prenorm), ln_mid_2 (mid_norm)
+    logits = head(FinalNorm(x))                                -> ln_f (final_norm)
 
 What each norm removes from the Jacobians (a norm's Jacobian scales as 1/||input||):
 - InputNorm: the scale of the embedding x0, which the residual stream carries into every later norm.
 - PreNorm: the token norms of the residual stream from the attention Jacobian (and W_q, W_k, W_v grads).
 - QKNorm: the magnitudes of W_q and W_k from the attention logits and their gradients.
-- MidNorm: the magnitudes of W_o and W_2 (and W_v, W_1), so a sub-block's Jacobian depends
-  only on the shape of its weights.
-Most weights then feed a norm, the loss is invariant to their scale, and momentum SGD with
-decoupled weight decay (mSGDW) trains the model with a single global learning rate.
+- MidNorm: the magnitudes of W_v, W_o and W_2 (c_attn's v part, attn.c_proj, mlp.c_proj): the sub-block's
+  output is linear in each, so the norm after it divides their scale out. Not W_1 (mlp.c_fc): GELU is not
+  homogeneous, so the scale of c_fc changes what the MLP computes.
+With RMSNorm that invariance is exact; LayerNorm's eps (1e-5) makes it approximate while activations are
+small (narrow models at init). Those weights' scale then sets only their effective step (lr / ||W||^2),
+which decoupled weight decay bounds: momentum SGD (mSGDW, optim.py) trains them with one global lr.
 """
 import math
 import os
@@ -25,6 +27,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from devices import peak_flops
+from optim import SGDW, MuonAdamW
 
 # the paper's ablation S1..S5; 'standard' is the GPT-2 / ViT pre-norm model, 'dnt' is S5
 PRESETS = {
@@ -103,7 +108,7 @@ class ViTConfig(TransformerConfig):
         if self.pool not in ('cls', 'mean'):
             raise ValueError(f"unknown pool {self.pool!r}; choose 'cls' or 'mean'")
 
-def Norm(config, dim, on=True):
+def norm_layer(config, dim, on=True):
     if not on:
         return nn.Identity()
     if config.norm == 'rmsnorm':
@@ -117,12 +122,13 @@ class SelfAttention(nn.Module):
 
     def __init__(self, config, causal):
         super().__init__()
-        self.n_head, self.head_dim, self.causal, self.dropout = config.n_head, config.n_embd // config.n_head, causal, config.dropout
+        self.n_head, self.head_dim = config.n_head, config.n_embd // config.n_head
+        self.causal, self.dropout = causal, config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         # per-head norm over head_dim with a gain shared by the heads; the 1/sqrt(head_dim) softmax scale is kept
-        self.q_norm = Norm(config, self.head_dim, config.qk_norm)
-        self.k_norm = Norm(config, self.head_dim, config.qk_norm)
+        self.q_norm = norm_layer(config, self.head_dim, config.qk_norm)
+        self.k_norm = norm_layer(config, self.head_dim, config.qk_norm)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -151,12 +157,12 @@ class Block(nn.Module):
 
     def __init__(self, config, causal):
         super().__init__()
-        self.ln_1 = Norm(config, config.n_embd)
+        self.ln_1 = norm_layer(config, config.n_embd)
         self.attn = SelfAttention(config, causal)
-        self.ln_mid_1 = Norm(config, config.n_embd, config.mid_norm)
-        self.ln_2 = Norm(config, config.n_embd, config.mlp_prenorm)
+        self.ln_mid_1 = norm_layer(config, config.n_embd, config.mid_norm)
+        self.ln_2 = norm_layer(config, config.n_embd, config.mlp_prenorm)
         self.mlp = MLP(config)
-        self.ln_mid_2 = Norm(config, config.n_embd, config.mid_norm)
+        self.ln_mid_2 = norm_layer(config, config.n_embd, config.mid_norm)
 
     def forward(self, x):
         x = x + self.ln_mid_1(self.attn(self.ln_1(x)))
@@ -164,96 +170,7 @@ class Block(nn.Module):
         return x
 
 # ----------------------------------------------------------------------------------------
-# mSGDW
-
-class SGDW(torch.optim.SGD):
-    """Momentum SGD with decoupled weight decay: p <- p * (1 - lr * wd), then torch's SGD step."""
-
-    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, nesterov=False, **kwargs):
-        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, **kwargs)
-
-    def add_param_group(self, param_group):  # __init__ adds its groups through here too
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]  # SGD's own weight_decay is coupled (added to the gradient): keep it 0
-        group['decoupled_weight_decay'], group['weight_decay'] = group['weight_decay'], 0.0
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        # GradScaler calls a fused SGD's step even when it skips the step, with found_inf = 1 (a device
-        # tensor, read without a sync); then the decay must be skipped too. Unfused, it skips step() itself.
-        skip = getattr(self, 'found_inf', None)
-        for group in self.param_groups:
-            params = [p for p in group['params'] if p.grad is not None]
-            if group['fused'] and group['momentum']:
-                # fused SGD leaves a new momentum buffer uninitialized (torch.empty) when its first step is
-                # skipped; a zero buffer gives the same first step (0 * momentum + g) and no garbage after a skip
-                for p in params:
-                    self.state[p].setdefault('momentum_buffer', torch.zeros_like(p))
-            if params and group['decoupled_weight_decay']:
-                decay = group['lr'] * group['decoupled_weight_decay']
-                torch._foreach_mul_(params, 1 - decay if skip is None else 1 - decay * (1 - skip))
-        return super().step(closure)
-
-# ----------------------------------------------------------------------------------------
-# Muon for the hidden matrices, AdamW for the rest: the split of Keller Jordan's Muon and
-# modded-nanogpt. The update is rescaled to AdamW's RMS (Moonshot, "Muon is Scalable for LLM
-# Training", 2025), so both halves share one learning rate and weight decay.
-
-class MuonAdamW:
-    """torch.optim.Muon (momentum 0.95, Nesterov) on `muon_params`, AdamW on `adamw_groups`, as one optimizer."""
-
-    def __init__(self, muon_params, adamw_groups, lr, weight_decay, betas, fused=False):
-        self.optimizers = [torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, adjust_lr_fn='match_rms_adamw'),
-                           torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, fused=fused)]
-
-    @property
-    def param_groups(self):  # read anew: load_state_dict replaces the groups
-        return [group for opt in self.optimizers for group in opt.param_groups]
-
-    @property
-    def state(self):
-        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
-
-    def step(self):
-        for opt in self.optimizers:
-            opt.step()
-
-    def zero_grad(self, set_to_none=True):
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self):
-        return dict(muon=self.optimizers[0].state_dict(), adamw=self.optimizers[1].state_dict())
-
-    def load_state_dict(self, state_dict):
-        self.optimizers[0].load_state_dict(state_dict['muon'])
-        self.optimizers[1].load_state_dict(state_dict['adamw'])
-
-# ----------------------------------------------------------------------------------------
-# checkpoints (written by train.py)
-
-def load_checkpoint(path, *keys):
-    """A train.py checkpoint, on the CPU (its RNG states must stay there), holding at least `keys` and
-    what sample.py needs. A missing, truncated or foreign file raises ValueError with a one-line message."""
-    if not os.path.isfile(path):
-        raise ValueError(f"no checkpoint at {path}")
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)  # weights_only: a file can't run code
-    except Exception as e:  # an empty, truncated or foreign file fails wherever its first bad byte is
-        reason = (str(e).strip().splitlines() or [''])[0][:200]
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {reason})") from None
-    needed = ('model', 'model_args', 'model_type', 'config', 'iter_num', *keys)
-    missing = [k for k in needed if k not in checkpoint] if isinstance(checkpoint, dict) else needed
-    if missing:
-        raise ValueError(f"{path} is not a checkpoint of train.py (it lacks {', '.join(missing)})")
-    return checkpoint
-
-# ----------------------------------------------------------------------------------------
 # the models: an embedding, the shared trunk, a head
-
-# bf16 dense peak FLOP/s by device name, first match wins
-PEAK_FLOPS = [('H100 PCIe', 756e12), ('H100', 989e12), ('H200', 989e12), ('GH200', 989e12),
-              ('A100', 312e12), ('L40S', 362e12), ('A10G', 70e12), ('B200', 2250e12)]
 
 class Transformer(nn.Module):
     """What GPT and ViT share: InputNorm, the blocks, the final norm, init, optimizers, MFU."""
@@ -264,10 +181,10 @@ class Transformer(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             **embedding,
             wpe=nn.Embedding(n_pos, config.n_embd),
-            ln_in=Norm(config, config.n_embd, config.input_norm),
+            ln_in=norm_layer(config, config.n_embd, config.input_norm),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, causal) for _ in range(config.n_layer)]),
-            ln_f=Norm(config, config.n_embd, config.final_norm),
+            ln_f=norm_layer(config, config.n_embd, config.final_norm),
         ))
 
     def init_weights(self):
@@ -323,11 +240,7 @@ class Transformer(nn.Module):
 
     def estimate_mfu(self, samples_per_iter, dt):
         """Model FLOPs utilization against the device's bf16 peak; None where the peak is unknown."""
-        device = next(self.parameters()).device
-        if device.type != 'cuda':
-            return None
-        name = torch.cuda.get_device_name(device)
-        peak = next((flops for key, flops in PEAK_FLOPS if key in name), None)
+        peak = peak_flops(next(self.parameters()).device)
         return None if peak is None else self.flops_per_sample() * samples_per_iter / dt / peak
 
 class GPT(Transformer):
@@ -376,7 +289,7 @@ class GPT(Transformer):
         try:
             from transformers import GPT2LMHeadModel
         except ImportError:
-            raise ImportError("loading GPT-2 weights needs Hugging Face transformers: pip install transformers") from None
+            raise ImportError("GPT-2's weights need Hugging Face transformers: pip install transformers") from None
         try:
             hf = GPT2LMHeadModel.from_pretrained(name)
         except Exception as e:  # hub, network and file errors come in many classes; one line for the caller

@@ -3,7 +3,7 @@ Prepare a dataset for train.py: `python prepare_data.py NAME [--out_dir DIR] [--
 writes data/NAME/ (or DIR). NAME is one of shakespeare_char, shakespeare, openwebtext,
 cifar10, fashion_mnist, npz, imagefolder, imagenet.
 
-The on-disk format, its readers and the training pipelines are in data.py.
+The on-disk format is in data.py's docstring.
 
 A dataset directory is built in a hidden sibling (data/.NAME.tmp-xxxx) and renamed into
 place only when complete, so train.py never sees a partial one.
@@ -47,7 +47,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from data import DATASET_FILES, DataError, get_tokenizer, load_images, load_meta  # noqa: F401 (the readers, re-exported for users of this module)
+from data import DATASET_FILES, DataError, check_images, get_tokenizer
 
 # file in the download cache -> (url, md5)
 DOWNLOADS = {
@@ -64,9 +64,7 @@ DOWNLOADS.update({f: ('http://fashion-mnist.s3-website.eu-central-1.amazonaws.co
     ('t10k-images-idx3-ubyte.gz', 'bef4ecab320f06d8554ea6380940ec79'),
     ('t10k-labels-idx1-ubyte.gz', 'bb300cfdad3c16e7a12a480ee83fd310')]})
 # OpenWebText as parquet files: the dataset owner's full conversion (hub PR #18, "convert-parquet-full"),
-# pinned to its commit. When this was written, the repository's main branch still held only the loading
-# script and its tar files, and the hub's own refs/convert/parquet branch keeps just the first ~5 GB of a
-# dataset this large.
+# pinned to its commit; the hub's own refs/convert/parquet branch keeps just the first ~5 GB of a dataset this large.
 OPENWEBTEXT_REVISION = '963532436460638ab26b7633e23776e6c7e37d59'
 OPENWEBTEXT_FILES = f'hf://datasets/Skylion007/openwebtext@{OPENWEBTEXT_REVISION}/data/train-*.parquet'
 OPENWEBTEXT_HELP = (f"hf download Skylion007/openwebtext --repo-type dataset --revision {OPENWEBTEXT_REVISION} "
@@ -215,18 +213,6 @@ def write_text(out, train_ids, val_ids, **meta):
         np.asarray(ids, dtype=np.uint16).tofile(os.path.join(out, f'{split}.bin'))
     return dict(kind='text', **meta, train_tokens=len(train_ids), val_tokens=len(val_ids))
 
-def check_images(x, y, split, num_classes=None):
-    """Validate one split; returns x as (N, H, W, C) and y as int64."""
-    if x.dtype != np.uint8 or x.ndim not in (3, 4):
-        raise DataError(f"x_{split} must be uint8 images [N,H,W] or [N,H,W,C], got {x.dtype} {list(x.shape)}")
-    if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),):
-        raise DataError(f"y_{split} must be {len(x)} integer labels, got {y.dtype} {list(y.shape)}")
-    if len(x) == 0:
-        raise DataError(f"x_{split} is empty")
-    if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
-        raise DataError(f"y_{split} has labels outside 0..{(num_classes or 1) - 1}: {y.min()}..{y.max()}")
-    return (x[..., None] if x.ndim == 3 else x), y.astype(np.int64)
-
 def write_images(out, train, val, class_names):
     (xt, yt), (xv, yv) = train, val
     if xt.shape[1:] != xv.shape[1:]:
@@ -344,7 +330,7 @@ def prepare_cifar10(out, args):
                 ds = [load(n) for n in names]
                 x = np.concatenate([np.asarray(d[b'data'], dtype=np.uint8) for d in ds])
                 x = x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # rows are CHW, we store HWC
-                return check_images(x, np.concatenate([np.asarray(d[b'labels'], dtype=np.int64) for d in ds]), split, 10)
+                return check_images(x, np.concatenate([np.asarray(d[b'labels'], dtype=np.int64) for d in ds]), f'{split} split', 10)
             train = batches([f'data_batch_{i}' for i in range(1, 6)], 'train')
             val = batches(['test_batch'], 'test')
             names = [n.decode() for n in load('batches.meta')[b'label_names']]
@@ -368,7 +354,7 @@ def read_idx(path):
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 def prepare_fashion_mnist(out, args):
-    splits = [check_images(*(read_idx(local_or_fetch(f, args)) for f in FMNIST_FILES[split]), split, 10)
+    splits = [check_images(*(read_idx(local_or_fetch(f, args)) for f in FMNIST_FILES[split]), f'{split} split', 10)
               for split in ('train', 'val')]
     return write_images(out, *splits, FMNIST_CLASSES)
 
@@ -388,8 +374,8 @@ def prepare_npz(out, args):
     if names is not None and (names.ndim != 1 or names.dtype.kind not in 'US'):
         raise DataError(f"class_names must be a 1-D string array, got {names.dtype} {list(names.shape)}")
     num_classes = len(names) if names is not None else None
-    train = check_images(a['x_train'], a['y_train'], 'train', num_classes)
-    val = check_images(a['x_test'], a['y_test'], 'test', num_classes)
+    train = check_images(a['x_train'], a['y_train'], 'x_train, y_train', num_classes)
+    val = check_images(a['x_test'], a['y_test'], 'x_test, y_test', num_classes)
     if names is None:  # unnamed classes: 0..max label
         names = [str(i) for i in range(int(max(train[1].max(), val[1].max())) + 1)]
     return write_images(out, train, val, [str(n) for n in names])

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import data as D
+import imagenet
 import prepare_data as pd
 import sample
 from test_train import assert_clean_error, assert_same_weights, load_ckpt, read_log, train
@@ -161,7 +162,7 @@ def test_partial_dir_of_another_kind_is_left_alone(folder, tmp_path):
 def test_rrc_boxes_inside_the_image():
     gen = torch.Generator().manual_seed(0)
     H, W = 32, 24
-    top, left, h, w = D.rrc_boxes(4000, H, W, 0.08, gen).unbind(1)
+    top, left, h, w = imagenet.rrc_boxes(4000, H, W, 0.08, gen).unbind(1)
     assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
     assert (top + h <= H).all() and (left + w <= W).all()
     fitted = (h != H) | (w != W)  # the rest: the whole-image fallback
@@ -176,13 +177,13 @@ def test_crops_and_flips():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     full = torch.tensor([[0, 0, 8, 8]] * 2)
     no, yes = torch.tensor([False, False]), torch.tensor([True, True])
-    torch.testing.assert_close(D.resized_crops(x, full, no, 8), x)  # the whole image at its size: identity
-    torch.testing.assert_close(D.resized_crops(x, full, yes, 8), x.flip(-1))
+    torch.testing.assert_close(imagenet.resized_crops(x, full, no, 8), x)  # the whole image at its size: identity
+    torch.testing.assert_close(imagenet.resized_crops(x, full, yes, 8), x.flip(-1))
     box = torch.tensor([[1, 2, 4, 4], [3, 0, 4, 4]])  # same size as the output: an exact crop
-    out = D.resized_crops(x, box, torch.tensor([False, True]), 4)
+    out = imagenet.resized_crops(x, box, torch.tensor([False, True]), 4)
     torch.testing.assert_close(out[0], x[0, :, 1:5, 2:6])
     torch.testing.assert_close(out[1], x[1, :, 3:7, 0:4].flip(-1))
-    half = D.resized_crops(x, full, no, 4)  # downscaled by 2: each output pixel averages a 2x2 block
+    half = imagenet.resized_crops(x, full, no, 4)  # downscaled by 2: each output pixel averages a 2x2 block
     torch.testing.assert_close(half, torch.nn.functional.avg_pool2d(x, 2))
     # padded crops: shift = padding is the image itself
     xi = x.to(torch.uint8)
@@ -199,7 +200,7 @@ def test_crops_and_flips():
 def test_mix_targets_sum_to_one(cut):
     torch.manual_seed(0)
     x, y = torch.rand(4, 3, 10, 10), torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3]), 5).float()
-    xm, ym = D.mix(x, y, 0.7, cut, (0.3, 0.6))
+    xm, ym = imagenet.mix(x, y, 0.7, cut, (0.3, 0.6))
     torch.testing.assert_close(ym.sum(1), torch.ones(4))
     lam = ym[0, 0].item()  # image 0 mixed with image 3
     assert ym[0, 3].item() == pytest.approx(1 - lam) and 0 < lam < 1

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import model as M
+from optim import SGDW
 
 L, H, C = 2, 2, 32  # tiny trunk: layers, heads, width
 GPT_TINY = dict(n_layer=L, n_head=H, n_embd=C, block_size=16, vocab_size=50)
@@ -374,7 +375,7 @@ def test_configure_optimizers_groups(kind, name):
     model = make(kind, preset='dnt', bias=True)
     lr, wd = 0.1, 0.05
     opt = model.configure_optimizers(name, lr, wd)
-    assert type(opt) is (M.SGDW if name == 'msgdw' else torch.optim.AdamW)
+    assert type(opt) is (SGDW if name == 'msgdw' else torch.optim.AdamW)
     assert len(opt.param_groups) == 2
     decay, no_decay = opt.param_groups
     params = list(model.parameters())
@@ -413,7 +414,7 @@ def test_sgdw_step_by_hand(nesterov, fused):
     g = torch.Generator().manual_seed(0)
     p0, g1, g2 = (torch.randn(3, 4, generator=g, dtype=torch.float64) for _ in range(3))
     p, frozen = nn.Parameter(p0.clone()), nn.Parameter(p0.clone())  # frozen never gets a gradient
-    opt = M.SGDW([p, frozen], lr=lr, momentum=mu, weight_decay=wd, nesterov=nesterov, fused=fused)
+    opt = SGDW([p, frozen], lr=lr, momentum=mu, weight_decay=wd, nesterov=nesterov, fused=fused)
     p.grad = g1.clone()
     opt.step()
     b1 = g1
@@ -432,7 +433,7 @@ def test_sgdw_step_by_hand(nesterov, fused):
 def test_sgdw_skips_decay_on_steps_gradscaler_skips(fused):
     lr, wd = 0.5, 0.1
     p, q = nn.Parameter(torch.ones(2, 3)), nn.Parameter(torch.ones(3))
-    opt = M.SGDW([p], lr=lr, momentum=0.9, weight_decay=wd, fused=fused)
+    opt = SGDW([p], lr=lr, momentum=0.9, weight_decay=wd, fused=fused)
     opt.add_param_group(dict(params=[q], weight_decay=2 * wd))  # its own decoupled decay
     assert [g['decoupled_weight_decay'] for g in opt.param_groups] == [wd, 2 * wd]
     assert [g['weight_decay'] for g in opt.param_groups] == [0.0, 0.0]  # never SGD's coupled decay
@@ -450,6 +451,42 @@ def test_sgdw_skips_decay_on_steps_gradscaler_skips(fused):
     step(0.0, 0.0)  # a finite step: each group decays by its own lr * wd
     torch.testing.assert_close(p.detach(), torch.full((2, 3), 1 - lr * wd), rtol=0, atol=1e-7)
     torch.testing.assert_close(q.detach(), torch.full((3,), 1 - lr * 2 * wd), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize('nesterov', [False, True])
+def test_sgdw_fast_path_gives_the_lesson_paths_weights(nesterov):
+    """The fused kernels (fused=True, train.py's choice on CUDA) and the plain update rule of SGDW.step
+    agree step for step, with decay, momentum and a weight that gets no gradient."""
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, 7, generator=g), torch.randn(7, generator=g), torch.randn(3, generator=g)]
+    grads = [[torch.randn_like(p) for p in start[:2]] for _ in range(4)]
+    weights = {}
+    for fused in (False, True):
+        params = [nn.Parameter(p.clone()) for p in start]
+        opt = SGDW([dict(params=params[:1], weight_decay=0.1), dict(params=params[1:], weight_decay=0.0)],
+                   lr=0.3, momentum=0.9, nesterov=nesterov, fused=fused)
+        for step_grads in grads:
+            for p, grad in zip(params, step_grads):
+                p.grad = grad.clone()
+            opt.step()
+        weights[fused] = [p.detach() for p in params]
+    for a, b in zip(weights[False], weights[True]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert torch.equal(weights[True][2], start[2])  # no gradient: no decay, no update
+
+
+def test_fused_sgdw_allocates_nothing_per_step(monkeypatch):
+    p = nn.Parameter(torch.randn(4, 4))
+    opt = SGDW([p], lr=0.1, momentum=0.9, weight_decay=0.1, fused=True)
+    p.grad = torch.randn(4, 4)
+    opt.step()  # creates the momentum buffer
+    created = []
+    real = torch.zeros_like
+    monkeypatch.setattr(torch, 'zeros_like', lambda *a, **k: created.append(1) or real(*a, **k))
+    buffer = opt.state[p]['momentum_buffer']
+    for _ in range(3):
+        opt.step()
+    assert not created and opt.state[p]['momentum_buffer'] is buffer
 
 
 def test_msgdw_state_is_half_of_adamw():

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import prepare_data as pd
+from data import DataError, get_tokenizer, load_images, load_meta
 
 SCRIPT = Path(__file__).with_name('prepare_data.py')
 TEXT = "First Citizen:\nBefore we proceed — any further, hear me speak. Café, naïve!\n\n" * 30 + "Exeunt.\r\n"  # \r kept
@@ -50,26 +51,26 @@ def test_shakespeare_char_from_input(tmp_path):
     r = run('shakespeare_char', '--input', src, '--out_dir', out)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ['meta.json', 'train.bin', 'val.bin']
-    meta = pd.load_meta(out)
+    meta = load_meta(out)
     assert meta['kind'] == 'text' and meta['tokenizer'] == 'char'
     assert meta['itos'] == sorted(set(TEXT)) and meta['vocab_size'] == len(set(TEXT))
     n = int(0.9 * len(TEXT))
     train, val = read_tokens(out, 'train'), read_tokens(out, 'val')
     assert (meta['train_tokens'], meta['val_tokens']) == (len(train), len(val)) == (n, len(TEXT) - n)
-    encode, decode = pd.get_tokenizer(meta)
+    encode, decode = get_tokenizer(meta)
     assert decode(train) + decode(val) == TEXT
     assert encode('— é') == [meta['itos'].index(c) for c in '— é'] and decode(encode(TEXT)) == TEXT
     assert f"vocab_size {len(set(TEXT))}" in r.stdout
 
 def test_char_encode_unknown_characters():
-    encode, decode = pd.get_tokenizer({'kind': 'text', 'tokenizer': 'char', 'itos': list('\n abc')})
+    encode, decode = get_tokenizer({'kind': 'text', 'tokenizer': 'char', 'itos': list('\n abc')})
     assert decode(encode('abc a\n')) == 'abc a\n'
     with pytest.raises(ValueError, match=r"characters not in the vocabulary: 'Z', '@'"):
         encode('abZ@cZ')
 
 def test_load_meta_missing_names_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"python prepare_data\.py shakespeare_char --out_dir"):
-        pd.load_meta(tmp_path / 'shakespeare_char')
+    with pytest.raises(DataError, match=r"python prepare_data\.py shakespeare_char --out_dir"):
+        load_meta(tmp_path / 'shakespeare_char')
 
 def test_shakespeare_bpe(tmp_path):
     tiktoken = pytest.importorskip('tiktoken')
@@ -81,13 +82,13 @@ def test_shakespeare_bpe(tmp_path):
     src.write_text(TEXT, encoding='utf-8')
     r = run('shakespeare', '--input', src, '--out_dir', out)
     assert r.returncode == 0, r.stderr
-    meta = pd.load_meta(out)
+    meta = load_meta(out)
     assert meta['tokenizer'] == 'gpt2' and meta['vocab_size'] == 50257 and 'itos' not in meta
     n = int(0.9 * len(TEXT))
     train, val = read_tokens(out, 'train'), read_tokens(out, 'val')
     assert train.tolist() == enc.encode_ordinary(TEXT[:n]) and val.tolist() == enc.encode_ordinary(TEXT[n:])
     assert (meta['train_tokens'], meta['val_tokens']) == (len(train), len(val))
-    encode, decode = pd.get_tokenizer(meta)
+    encode, decode = get_tokenizer(meta)
     assert decode(train) + decode(val) == TEXT and encode('Café') == enc.encode_ordinary('Café')
     assert encode('<|endoftext|>Hello') == [enc.eot_token, 15496]  # in a prompt, the EOT token (nanoGPT's [50256, 15496])
 
@@ -110,7 +111,7 @@ def test_openwebtext_from_local_parquet(tmp_path, monkeypatch):
     monkeypatch.setattr(pd, '_gpt2', byte_level_encoding)
     out = tmp_path / 'data' / 'openwebtext'
     pd.main(['openwebtext', '--input', str(src), '--out_dir', str(out), '--num_proc', '2'])
-    meta = pd.load_meta(out)
+    meta = load_meta(out)
     assert meta['kind'] == 'text' and meta['tokenizer'] == 'gpt2' and meta['vocab_size'] == 257
     got = {}
     for split in ('train', 'val'):
@@ -216,9 +217,9 @@ def test_cifar10_parser(tmp_path):
     write_cifar(arc, batches)
     r = run('cifar10', '--input', arc, '--out_dir', out)
     assert r.returncode == 0, r.stderr
-    meta = pd.load_meta(out)
-    x, y = pd.load_images(out, 'train')
-    xv, yv = pd.load_images(out, 'val')
+    meta = load_meta(out)
+    x, y = load_images(out, 'train')
+    xv, yv = load_images(out, 'val')
     assert x.shape == (10, 32, 32, 3) and xv.shape == (3, 32, 32, 3) and x.dtype == np.uint8
     assert y.dtype == np.int64 and yv.dtype == np.int64
     assert x[0, 5, 7].tolist() == [201, 102, 53]
@@ -273,10 +274,10 @@ def test_fashion_mnist_idx(tmp_path):
         write_idx_gz(src / fy, ys[split])
     r = run('fashion_mnist', '--input', src, '--out_dir', out)
     assert r.returncode == 0, r.stderr
-    meta = pd.load_meta(out)
+    meta = load_meta(out)
     assert meta['shape'] == [5, 3, 1] and meta['num_classes'] == 10 and meta['class_names'][9] == 'Ankle boot'
     for split in ('train', 'val'):
-        x, y = pd.load_images(out, split)
+        x, y = load_images(out, split)
         assert x.shape == xs[split].shape + (1,) and (x[..., 0] == xs[split]).all()
         assert y.dtype == np.int64 and y.tolist() == ys[split].tolist()
     np.testing.assert_allclose(meta['mean'], [xs['train'].mean() / 255])
@@ -300,10 +301,10 @@ def test_npz_import(tmp_path, channels):
     out = tmp_path / 'data' / 'mine'
     r = run('npz', '--input', src, '--out_dir', out)
     assert r.returncode == 0, r.stderr
-    meta = pd.load_meta(out)
+    meta = load_meta(out)
     assert meta['shape'] == [6, 4, channels or 1] and meta['num_classes'] == 3
     assert meta['class_names'] == (['cat', 'dog', 'frog'] if channels else ['0', '1', '2'])
-    x, y = pd.load_images(out, 'train')
+    x, y = load_images(out, 'train')
     assert x.shape == (5, 6, 4, channels or 1) and (x.reshape(a['x_train'].shape) == a['x_train']).all()
     assert y.dtype == np.int64 and y.tolist() == a['y_train'].tolist()
     assert len(meta['mean']) == len(meta['std']) == (channels or 1)
@@ -311,7 +312,7 @@ def test_npz_import(tmp_path, channels):
     bad = tmp_path / 'bad.npz'
     np.savez(bad, x_train=a['x_train'])
     assert_clean_failure(run('npz', '--input', bad, '--out_dir', tmp_path / 'data' / 'other'), tmp_path / 'data' / 'other')
-    assert run('npz', '--input', bad, '--out_dir', out).returncode != 0 and pd.load_meta(out) == meta
+    assert run('npz', '--input', bad, '--out_dir', out).returncode != 0 and load_meta(out) == meta
     assert sorted(os.listdir(tmp_path / 'data')) == ['mine']
 
 def _malformed(tmp_path, kind):
@@ -397,5 +398,5 @@ def test_replaces_its_own_dataset_or_an_empty_dir(tmp_path):
     for out in (sc, empty):
         r = run('shakespeare_char', '--input', src, '--out_dir', out)
         assert r.returncode == 0, r.stderr
-        assert pd.get_tokenizer(pd.load_meta(out))[1](read_tokens(out, 'train')) == TEXT.upper()[:int(0.9 * len(TEXT))]
+        assert get_tokenizer(load_meta(out))[1](read_tokens(out, 'train')) == TEXT.upper()[:int(0.9 * len(TEXT))]
     assert sorted(os.listdir(tmp_path / 'data')) == ['empty', 'sc']  # no temporary or old copies left

@@ -15,6 +15,7 @@ optimizer = 'msgdw'
 learning_rate, min_lr = 1.0, 0.1  # the paper's lr for DNT 124M
 momentum = 0.9
 # not given by the paper: decoupled p <- p * (1 - lr * wd); lr * wd = 1e-4 per step at peak,
-# about AdamW's 6e-4 * 0.1. To be confirmed by the sweeps of reproduce.py (README, Results).
+# about AdamW's 6e-4 * 0.1; the CPU sweeps' best DNT + mSGDW cells at 1,500 and 5,000 iterations
+# have the same lr * wd (docs/results.md).
 weight_decay = 1e-4
 grad_clip = 1.0

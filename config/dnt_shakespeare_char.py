@@ -10,7 +10,7 @@ batch_size, block_size, gradient_accumulation_steps = 32, 128, 1
 max_iters = lr_decay_iters = 2000
 warmup_iters = 100
 optimizer = 'msgdw'
-learning_rate, min_lr = 0.1, 0.01  # best of reproduce.py's CPU sweep (README, Results); the paper's 1.0 is for 124M
+learning_rate, min_lr = 0.1, 0.01  # best of reproduce.py's CPU sweep (docs/results.md); the paper's 1.0 is for 124M
 momentum = 0.9
 weight_decay = 1e-2
 grad_clip = 1.0

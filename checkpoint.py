@@ -1,0 +1,159 @@
+"""
+A run's files in out_dir, for train.py (and sample.py's loading): ckpt.pt saved atomically and
+loaded with weights_only (a file can't run code), exact resume (weights, optimizer, GradScaler,
+the data generator and every process's RNG, the log cut back to the checkpoint), GPT-2's weights
+to fine-tune, and a stop on SIGTERM / SIGINT that lets the step finish and save.
+Each refusal is a ConfigError, which train.py reports in one line.
+"""
+import json
+import math
+import os
+import signal
+
+import torch
+import torch.distributed as dist
+
+from configurator import ConfigError
+from model import GPT, PRESETS
+
+# ----------------------------------------------------------------------------------------
+# ckpt.pt
+
+
+def load(path, *keys):
+    """A train.py checkpoint, on the CPU (its RNG states must stay there), holding at least `keys` and
+    what sample.py needs. A missing, truncated or foreign file raises ConfigError."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"no checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # an empty, truncated or foreign file fails wherever its first bad byte is
+        reason = (str(e).strip().splitlines() or [''])[0][:200]
+        raise ConfigError(f"{path} is not a readable checkpoint ({type(e).__name__}: {reason})") from None
+    needed = ('model', 'model_args', 'model_type', 'config', 'iter_num', *keys)
+    missing = [k for k in needed if k not in checkpoint] if isinstance(checkpoint, dict) else needed
+    if missing:
+        raise ConfigError(f"{path} is not a checkpoint of train.py (it lacks {', '.join(missing)})")
+    return checkpoint
+
+
+def save(path, checkpoint):
+    """Write to a temporary file, then rename: a crash mid-write keeps the previous checkpoint. A full or
+    read-only disk leaves no partial file and raises ConfigError."""
+    try:
+        torch.save(checkpoint, path + '.tmp')
+        os.replace(path + '.tmp', path)
+    except OSError as e:
+        if os.path.exists(path + '.tmp'):
+            os.remove(path + '.tmp')
+        kept = f"{path} still holds the last one" if os.path.exists(path) else "nothing was saved"
+        raise ConfigError(f"cannot save the checkpoint of iter {checkpoint['iter_num']} ({e.strerror or e}); "
+                          f"{kept}: free space or fix the permissions of out_dir, then resume") from None
+
+
+def rng_states(data_gen, device_type, world_size):
+    """The data generator's state and every process's CPU (and CUDA) RNG state: resuming on the same
+    number of processes then continues dropout exactly."""
+    rng = dict(data=data_gen.get_state(), world_size=world_size, cpu=[torch.get_rng_state()],
+               cuda=[torch.cuda.get_rng_state()] if device_type == 'cuda' else [])
+    if world_size > 1:
+        for key in ('cpu', 'cuda'):
+            gathered = [None] * world_size
+            dist.all_gather_object(gathered, rng[key][0] if rng[key] else None)
+            rng[key] = gathered if rng[key] else []
+    return rng
+
+# ----------------------------------------------------------------------------------------
+# resume
+
+
+def restore(checkpoint, path, model, model_args, optimizer, scaler, data_gen, config, rank, world_size, log):
+    """Load a checkpoint into the model, optimizer, GradScaler and generators of a resumed run;
+    returns (iter_num, best_val_loss, evaluated)."""
+    # the resolved switches are compared, not the preset's name; dropout may change between runs
+    changed = {k: (v, model_args.get(k)) for k, v in checkpoint['model_args'].items()
+               if model_args.get(k) != v and k not in ('preset', 'dropout')}
+    if changed:
+        raise ConfigError(f"{path} holds a different model: "
+                          + ', '.join(f"{k}={a!r} there, {b!r} asked" for k, (a, b) in changed.items())
+                          + "; use the checkpoint's settings or another --out_dir")
+    try:
+        model.load_state_dict(checkpoint['model'])
+    except RuntimeError as e:
+        raise ConfigError(f"{path}: its weights do not fit its model_args ({str(e).splitlines()[0]})") from None
+    name, stored = config['optimizer'], checkpoint['config'].get('optimizer')
+    if config['reset_optimizer']:
+        log(f"resume: a fresh {name} optimizer state (reset_optimizer=True)")
+    elif name != stored:
+        raise ConfigError(f"{path} was trained with optimizer={stored!r}, and its state does not fit {name!r}; "
+                          f"resume with --optimizer={stored}, or add --reset_optimizer=True to start {name} from a fresh state")
+    else:
+        # this run's hyperparameters, not the checkpoint's: a value given anew (say weight_decay) takes effect.
+        # The implementation flags stay the checkpoint's: its state tensors were laid out for them.
+        flags = ('params', 'fused', 'foreach', 'capturable', 'differentiable')
+        hyperparameters = [{k: v for k, v in group.items() if k not in flags} for group in optimizer.param_groups]
+        try:
+            optimizer.load_state_dict(checkpoint['optimizer'])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"{path}: its optimizer state does not fit this model ({type(e).__name__}: {e}); "
+                              "--reset_optimizer=True starts a fresh one") from None
+        for group, h in zip(optimizer.param_groups, hyperparameters):
+            group.update(h)
+    if checkpoint['scaler']:  # empty from a run without float16
+        scaler.load_state_dict(checkpoint['scaler'])
+    data_gen.set_state(checkpoint['rng']['data'])
+    if checkpoint['rng']['world_size'] == world_size:  # else dropout just continues from fresh seeds
+        torch.set_rng_state(checkpoint['rng']['cpu'][rank])
+        if config['device'].startswith('cuda'):
+            torch.cuda.set_rng_state(checkpoint['rng']['cuda'][rank])
+    return checkpoint['iter_num'], checkpoint['best_val_loss'], checkpoint.get('evaluated', True)
+
+
+def start_run_dir(out_dir, config, checkpoint):
+    """Write config.json; a fresh run starts a fresh log.jsonl (and with overwrite=True, without the old
+    checkpoint); a resumed one cuts what a killed run logged after its checkpoint, to be logged again."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, 'config.json'), 'w') as f:
+        json.dump(config, f, indent=1)
+    log_path = os.path.join(out_dir, 'log.jsonl')
+    if checkpoint is None:
+        for path in (log_path, os.path.join(out_dir, 'ckpt.pt')):
+            if os.path.exists(path):
+                os.remove(path)
+    elif os.path.exists(log_path) and os.path.getsize(log_path) > checkpoint.get('log_bytes', math.inf):
+        os.truncate(log_path, checkpoint['log_bytes'])
+
+
+def load_gpt2(name, config, meta, data_dir):
+    """GPT-2's weights to fine-tune (model.py's GPT.from_pretrained), cropped to config's block_size; they
+    set the model's size, bias and vocabulary."""
+    if meta.get('tokenizer') != 'gpt2':
+        raise ConfigError(f"init_from={name!r} fine-tunes GPT-2, which reads GPT-2 BPE tokens; {data_dir} holds "
+                          f"{meta.get('tokenizer') or meta['kind']} data: prepare GPT-2 BPE data, "
+                          "e.g. python prepare_data.py shakespeare")
+    norms = {k: config[k] for k in ('preset', 'norm', *PRESETS['standard'], 'final_norm')}
+    try:
+        model = GPT.from_pretrained(name, dropout=config['dropout'], **norms)
+    except (ValueError, ImportError, OSError) as e:
+        raise ConfigError(f"init_from={name!r}: {e}") from None
+    if config['block_size'] > model.config.block_size:
+        raise ConfigError(f"block_size {config['block_size']} exceeds the context of {name} ({model.config.block_size})")
+    if config['block_size'] < model.config.block_size:
+        model.crop_block_size(config['block_size'])
+    return model
+
+# ----------------------------------------------------------------------------------------
+# SIGTERM (cluster preemption) or SIGINT: the loop finishes its step, saves and exits 0; a second SIGINT kills
+
+
+def stop_on_signals():
+    """A list that gets the signal's number when one arrives: the loop polls it once a step."""
+    received = []
+
+    def request_stop(signum, frame):
+        received.append(signum)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return received

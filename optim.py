@@ -1,0 +1,85 @@
+"""
+The optimizers of configure_optimizers (model.py): SGDW, the paper's mSGDW, and MuonAdamW for
+comparison. AdamW is torch's own.
+"""
+import torch
+
+
+class SGDW(torch.optim.SGD):
+    """Momentum SGD with decoupled weight decay (mSGDW). Each step, for a weight p with gradient g:
+
+        p <- p * (1 - lr * wd)    decoupled decay: shrinks p whatever g is (the "W" of AdamW)
+        b <- momentum * b + g     momentum (b = g on the first step): torch's SGD
+        p <- p - lr * b           (nesterov: p <- p - lr * (g + momentum * b))
+
+    One buffer per weight, where AdamW keeps two. SGD's own weight_decay adds wd * p to g
+    (coupled), so it stays 0: each group's weight_decay is moved to 'decoupled_weight_decay'."""
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, nesterov=False, fused=None):
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, fused=fused)
+
+    def add_param_group(self, param_group):  # __init__ adds its groups through here too
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group['decoupled_weight_decay'], group['weight_decay'] = group['weight_decay'], 0.0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if self.defaults['fused']:
+            return self.fused_step()
+        for group in self.param_groups:
+            for p in group['params']:
+                if p.grad is not None:  # like SGD: a weight without a gradient is not touched
+                    p.mul_(1 - group['lr'] * group['decoupled_weight_decay'])
+        return super().step(closure)  # the momentum lines
+
+    # fast path: one fused kernel per group (CUDA), the same update as step()
+    def fused_step(self):
+        # GradScaler calls a fused optimizer's step even on a step it skips, with found_inf = 1 (a device
+        # tensor, read without a sync): the decay must skip with it.
+        skip = getattr(self, 'found_inf', None)
+        for group in self.param_groups:
+            params = [p for p in group['params'] if p.grad is not None]
+            if group['momentum']:
+                # fused SGD leaves a new buffer uninitialized (torch.empty) when its first step is skipped;
+                # a zero buffer gives the same first step (0 * momentum + g)
+                for p in params:
+                    if 'momentum_buffer' not in self.state[p]:
+                        self.state[p]['momentum_buffer'] = torch.zeros_like(p)
+            decay = group['lr'] * group['decoupled_weight_decay']
+            if params and decay:
+                torch._foreach_mul_(params, 1 - decay if skip is None else 1 - decay * (1 - skip))
+        return super().step()
+
+
+class MuonAdamW:
+    """torch.optim.Muon (momentum 0.95, Nesterov) on `muon_params`, AdamW on `adamw_groups`, as one optimizer:
+    the split of Keller Jordan's Muon and modded-nanogpt. Muon's update is rescaled to AdamW's RMS (Moonshot,
+    "Muon is Scalable for LLM Training", 2025), so both halves share one learning rate and weight decay."""
+
+    def __init__(self, muon_params, adamw_groups, lr, weight_decay, betas, fused=False):
+        self.optimizers = [torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, adjust_lr_fn='match_rms_adamw'),
+                           torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, fused=fused)]
+
+    @property
+    def param_groups(self):  # read anew: load_state_dict replaces the groups
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    @property
+    def state(self):
+        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+
+    def step(self):
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none=True):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return dict(muon=self.optimizers[0].state_dict(), adamw=self.optimizers[1].state_dict())
+
+    def load_state_dict(self, state_dict):
+        self.optimizers[0].load_state_dict(state_dict['muon'])
+        self.optimizers[1].load_state_dict(state_dict['adamw'])
