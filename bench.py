@@ -22,7 +22,7 @@ from dataclasses import fields
 import torch
 
 from configurator import ConfigError, configure, defaults_of
-from devices import autocast
+from devices import autocast, check_device, check_dtype, default_dtype, synchronize
 from model import GPT, GPTConfig, ViT, ViTConfig
 
 # ----------------------------------------------------------------------------------------
@@ -44,6 +44,9 @@ loader = ''  # a dataset directory: time train.py's image pipeline on it instead
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
 try:
     globals().update(configure({k: globals()[k] for k in config_keys}, sys.argv[1:]))
+    check_device(device)
+    dtype = dtype or default_dtype(device)  # follows the device, as in train.py
+    check_dtype(device, dtype)
 except ConfigError as e:
     sys.exit(f"bench.py: error: {e}")
 config = {k: globals()[k] for k in config_keys}
@@ -63,7 +66,7 @@ def time_loader():
     except DataError as e:
         sys.exit(f"bench.py: {e}")
     gen, n = torch.Generator().manual_seed(seed), gradient_accumulation_steps
-    sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
+    sync = lambda: synchronize(device)
     print(f"loader: {loader}, {meta['train_size']:,} images of {'x'.join(map(str, meta['shape']))} -> {data.size} px, "
           f"{n} x {batch_size} images an iteration, {data_workers} threads, crop={crop} mixup={mixup} "
           f"cutmix={cutmix}, augmented on {device}", flush=True)
@@ -96,7 +99,7 @@ class Variant:
     def __init__(self, cfg):
         self.cfg, self.device = cfg, cfg['device']
         self.cuda = self.device.startswith('cuda')
-        device_type = 'cuda' if self.cuda else 'cpu'
+        device_type = torch.device(self.device).type
         if self.cuda:  # this variant's peak memory: the allocator's high-water mark above what is there now
             torch.cuda.reset_peak_memory_stats(self.device)
             self.memory_before = torch.cuda.memory_allocated(self.device)
@@ -135,6 +138,7 @@ class Variant:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
             return event
+        synchronize(self.device)  # MPS runs asynchronously too
         return time.perf_counter()
 
     def ms(self, start, end):

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from configurator import ConfigError
+from devices import rng_state, set_rng_state
 from model import GPT, PRESETS
 
 # ----------------------------------------------------------------------------------------
@@ -51,16 +52,18 @@ def save(path, checkpoint):
                           f"{kept}: free space or fix the permissions of out_dir, then resume") from None
 
 
-def rng_states(data_gen, device_type, world_size):
-    """The data generator's state and every process's CPU (and CUDA) RNG state: resuming on the same
-    number of processes then continues dropout exactly."""
-    rng = dict(data=data_gen.get_state(), world_size=world_size, cpu=[torch.get_rng_state()],
-               cuda=[torch.cuda.get_rng_state()] if device_type == 'cuda' else [])
+def rng_states(data_gen, device, world_size):
+    """The data generator's state and every process's CPU RNG state, and its device's (cuda or mps):
+    resuming on the same number of processes then continues dropout exactly."""
+    rng = dict(data=data_gen.get_state(), world_size=world_size, cpu=[torch.get_rng_state()])
+    kind, state = torch.device(device).type, rng_state(device)
+    if state is not None:
+        rng[kind] = [state]
     if world_size > 1:
-        for key in ('cpu', 'cuda'):
+        for key in ('cpu', kind) if state is not None else ('cpu',):
             gathered = [None] * world_size
-            dist.all_gather_object(gathered, rng[key][0] if rng[key] else None)
-            rng[key] = gathered if rng[key] else []
+            dist.all_gather_object(gathered, rng[key][0])
+            rng[key] = gathered
     return rng
 
 # ----------------------------------------------------------------------------------------
@@ -101,11 +104,18 @@ def restore(checkpoint, path, model, model_args, optimizer, scaler, data_gen, co
             group.update(h)
     if checkpoint['scaler']:  # empty from a run without float16
         scaler.load_state_dict(checkpoint['scaler'])
-    data_gen.set_state(checkpoint['rng']['data'])
-    if checkpoint['rng']['world_size'] == world_size:  # else dropout just continues from fresh seeds
-        torch.set_rng_state(checkpoint['rng']['cpu'][rank])
-        if config['device'].startswith('cuda'):
-            torch.cuda.set_rng_state(checkpoint['rng']['cuda'][rank])
+    rng, kind = checkpoint['rng'], torch.device(config['device']).type
+    data_gen.set_state(rng['data'])
+    if rng['world_size'] != world_size:
+        log(f"resume: {rng['world_size']} process(es) saved the RNG states, {world_size} run now: dropout "
+            "continues from fresh seeds")
+    else:
+        torch.set_rng_state(rng['cpu'][rank])
+        if kind != 'cpu' and rng.get(kind):
+            set_rng_state(config['device'], rng[kind][rank])
+        elif kind != 'cpu':  # a checkpoint of another device: dropout on this one starts from its seed
+            log(f"resume: {path} holds no {kind} RNG state (trained on another device); {kind} dropout "
+                "continues from a fresh seed")
     return checkpoint['iter_num'], checkpoint['best_val_loss'], checkpoint.get('evaluated', True)
 
 

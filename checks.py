@@ -5,8 +5,11 @@ start changes nothing there. Every refusal is a ConfigError, reported by train.p
 import math
 import os
 
+import torch
+
 import checkpoint
-from configurator import ConfigError, check_device, given
+from configurator import ConfigError, overrides_from
+from devices import check_device, check_dtype, default_dtype
 from model import GPT2_MODELS
 
 # the keys of an invocation (where it runs, what it does): a resumed run never takes them from its checkpoint
@@ -20,8 +23,8 @@ FRACTIONS = ('momentum', 'beta1', 'beta2', 'label_smoothing')  # each in [0, 1)
 def resolve(defaults, argv):
     """The config of defaults, config files and --key=value; with init_from='resume', the stored run's
     config changed only where a value given here differs. Returns (config, checkpoint or None, overrides:
-    {key: (stored, given)})."""
-    cli = given(defaults, argv)
+    {key: (stored, given)}, notes: lines to print)."""
+    cli = overrides_from(defaults, argv)
     config = {**defaults, **cli}
     if config['init_from'] not in ('scratch', 'resume', *GPT2_MODELS) and not os.path.isdir(config['init_from']):
         raise ConfigError(f"unknown init_from {config['init_from']!r}; choose 'scratch', 'resume', one of "
@@ -42,11 +45,21 @@ def resolve(defaults, argv):
     elif os.path.exists(ckpt_path) and not config['eval_only'] and not config['overwrite']:
         raise ConfigError(f"{ckpt_path} holds an earlier run: continue it with --init_from=resume, replace it with "
                           "--overwrite=True, or give another --out_dir")
+    check_device(config['device'])
+    notes = []
+    config['dtype'] = config['dtype'] or default_dtype(config['device'])  # follows the device actually used
+    if config['device'].startswith('mps'):
+        if 'compile' not in cli:
+            config['compile'] = False
+            notes.append("device mps: compile=False (inductor's MPS backend is not what the configs are tuned for; "
+                         "--compile=True to try it)")
+        if 'RANK' in os.environ:
+            raise ConfigError("DDP runs on cuda (nccl) or cpu (gloo), not on mps: run one process on a Mac")
     check_values(config)
     if stored_run is not None and stored_run['iter_num'] > config['max_iters']:
         raise ConfigError(f"{ckpt_path} is at iter {stored_run['iter_num']}, past max_iters ({config['max_iters']}); "
                           "raise max_iters to train on")
-    return config, stored_run, overrides
+    return config, stored_run, overrides, notes
 
 
 def check_values(config):
@@ -59,9 +72,9 @@ def check_values(config):
             raise ConfigError(f"{key} must be in [0, 1), got {config[key]}")
     if config['optimizer'] not in ('msgdw', 'adamw', 'muon'):
         raise ConfigError(f"unknown optimizer {config['optimizer']!r}; choose 'msgdw', 'adamw' or 'muon'")
-    if config['dtype'] not in ('float32', 'bfloat16', 'float16'):
-        raise ConfigError(f"unknown dtype {config['dtype']!r}; choose float32, bfloat16 or float16")
-    check_device(config['device'])
+    if config['optimizer'] == 'muon' and not hasattr(torch.optim, 'Muon'):
+        raise ConfigError(f"optimizer='muon' needs torch 2.9 or newer (torch.optim.Muon); this is torch {torch.__version__}")
+    check_dtype(config['device'], config['dtype'])
     if config['decay_lr'] and config['min_lr'] > config['learning_rate']:
         raise ConfigError(f"min_lr ({config['min_lr']}) is above learning_rate ({config['learning_rate']}): "
                           "the schedule would rise; lower min_lr")

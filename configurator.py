@@ -13,8 +13,6 @@ import os
 import sys
 import types
 
-import torch
-
 
 class ConfigError(ValueError):
     """A wrong input (config value, checkpoint, run directory) or a run that cannot go on: the scripts
@@ -57,19 +55,7 @@ def _check(defaults, key, value, source):
                      f"got {value!r} ({type(value).__name__})")
 
 
-def check_device(device):
-    """A device train.py and sample.py can run on, here."""
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        kind = None
-    if kind not in ('cpu', 'cuda'):
-        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
-    if kind == 'cuda' and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked, but torch sees no CUDA device here; use --device=cpu")
-
-
-def given(defaults, argv):
+def overrides_from(defaults, argv):
     """The keys that argv sets (config files and --key=value; later ones win), checked against defaults."""
     config = {}
     for arg in argv:
@@ -103,4 +89,4 @@ def given(defaults, argv):
 
 def configure(defaults, argv):
     """Return a copy of `defaults` with the overrides from argv applied."""
-    return {**defaults, **given(defaults, argv)}
+    return {**defaults, **overrides_from(defaults, argv)}

@@ -4,7 +4,7 @@ A dataset directory (written by prepare_data.py), and the batches train.py draws
     text:  train.bin, val.bin: flat uint16 token ids, as nanoGPT's
     image: {train,val}_x.npy (N, H, W, C) uint8, channels last; {train,val}_y.npy (N,) int64
     meta.json: {"kind": "text", "vocab_size", "tokenizer": "char" | "gpt2", "itos" (char only),
-                "train_tokens", "val_tokens"}
+                "train_tokens", "val_tokens", "train_stamp", "val_stamp" (each file's bytes and mtime_ns)}
                {"kind": "image", "shape": [H, W, C], "num_classes", "class_names", "mean", "std"
                 (per channel, of the train pixels / 255), "train_size", "val_size"}
 A directory with train.bin and val.bin and no meta.json is nanoGPT's format (GPT-2 BPE tokens).
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from devices import pin_memory
 from imagenet import Stream, draw_mixes, mix, rrc_boxes, resized_crops
 
 DATASET_FILES = {'text': {'meta.json', 'train.bin', 'val.bin'},  # by meta['kind']: all that a dataset directory holds
@@ -96,6 +97,21 @@ def get_tokenizer(meta):
 # text: random windows of block_size tokens, the next token as target
 
 
+def file_stamp(path):
+    st = os.stat(path)
+    return dict(bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+def max_token_id(path, stamp):
+    """The largest id in a token file, read only where needed: not at all for a file as prepare_data.py wrote
+    it (its stamp), in full for one changed since, and at both ends (2M ids each) for nanoGPT's, which a file
+    of the wrong format or tokenizer shows there as anywhere."""
+    if stamp == file_stamp(path):
+        return None
+    ids = np.memmap(path, dtype=np.uint16, mode='r')
+    return int(ids.max() if stamp is not None else max(ids[:1 << 21].max(), ids[-(1 << 21):].max()))
+
+
 class TextData:
     unit = 'tok'
     eval_splits = ('train', 'val')
@@ -107,8 +123,8 @@ class TextData:
             if n_tokens <= block_size:
                 raise DataError(f"{path} holds {n_tokens} tokens; block_size {block_size} needs at least "
                                 f"{block_size + 1}: lower --block_size or prepare more data")
-            top = int(np.memmap(path, dtype=np.uint16, mode='r').max())  # one pass over the file
-            if top >= meta['vocab_size']:
+            top = max_token_id(path, meta.get(f'{split}_stamp'))
+            if top is not None and top >= meta['vocab_size']:
                 raise DataError(f"{path} holds token id {top}, outside the vocabulary of its meta.json (vocab_size "
                                 f"{meta['vocab_size']}); prepare the dataset again")
         self.data_dir, self.device, self.batch_size, self.block_size = data_dir, device, batch_size, block_size
@@ -124,7 +140,7 @@ class TextData:
         for row in ix:
             x = torch.stack([torch.from_numpy(data[i:i + T].astype(np.int64)) for i in row])  # (B, T)
             y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + T].astype(np.int64)) for i in row])  # x one token on
-            if self.device.startswith('cuda'):  # pinned memory lets the copy run asynchronously
+            if pin_memory(self.device):  # the copy then runs asynchronously
                 x, y = x.pin_memory(), y.pin_memory()
             batches.append((x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)))
         return batches
@@ -193,7 +209,7 @@ class ImageData:
             self.images[split] = (x, torch.from_numpy(y).to(device))
         self.mean = torch.tensor(meta['mean'], device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(meta['std'], device=device).view(1, -1, 1, 1)
-        self.stream = Stream(data_workers, pin=device.startswith('cuda')) if stream else None
+        self.stream = Stream(data_workers, pin=pin_memory(device)) if stream else None
 
     def normalize(self, x):
         return (x.float() / 255 - self.mean) / self.std
@@ -240,7 +256,9 @@ class ImageData:
 
     def eval_batches(self, split, rank, world_size):
         """All of the split, in order, center-cropped, in batches of batch_size dealt round-robin to the
-        processes; streamed: the next batch is read while this one is evaluated."""
+        processes; streamed: the next batch is read while this one is evaluated. The last batch is padded to
+        batch_size with label -1 (no loss, never correct): every batch has one shape, which a compiled model
+        then runs with one graph."""
         x_all, y_all = self.images[split]
         B = self.batch_size
         starts = range(rank * B, len(x_all), world_size * B)
@@ -248,16 +266,20 @@ class ImageData:
         wait = next(reads, None)
         for start in starts:
             x, wait = wait(), next(reads, None)
-            yield self.normalize(center_crop(x, self.size)), y_all[start:start + B]
+            y = y_all[start:start + B]
+            pad = B - len(y)  # 0 but for the last batch; every batch goes through the same ops, so same strides too
+            x, y = torch.cat([x, x.new_zeros(pad, *x.shape[1:])]), torch.cat([y, y.new_full((pad,), -1)])
+            yield self.normalize(center_crop(x, self.size)), y
 
 
 @torch.no_grad()
 def eval_sums(model, batches, ctx):
-    """(sum of loss x samples, top-1 correct, samples) of model over batches, as one tensor."""
+    """(sum of loss x samples, top-1 correct, samples) of model over batches, as one tensor; image labels of -1
+    are padding."""
     total = 0
     for x, y in batches:
         with ctx:
             logits, loss = model(x, y)
-        total = total + torch.stack([loss.float() * len(y), (logits.argmax(-1) == y).sum().float(),
-                                     torch.tensor(float(len(y)), device=y.device)])
+        n = (y >= 0).sum().float() if y.dim() == 1 else torch.tensor(float(len(y)), device=y.device)
+        total = total + torch.stack([loss.float() * n, (logits.argmax(-1) == y).sum().float(), n])
     return total

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from devices import peak_flops
+from devices import fused_kernels, peak_flops
 from optim import SGDW, MuonAdamW
 
 # the paper's ablation S1..S5; 'standard' is the GPT-2 / ViT pre-norm model, 'dnt' is S5
@@ -218,7 +218,7 @@ class Transformer(nn.Module):
         # weights, which is what sets their effective step. Vectors (norm gains, biases, the cls
         # token) are no such weights and are left alone.
         params = [p for p in self.parameters() if p.requires_grad]
-        fused = device_type == 'cuda'  # one kernel for all tensors
+        fused = fused_kernels(device_type)  # one kernel for all tensors (CUDA)
         if optimizer == 'muon':  # the blocks' matrices to Muon, the rest (embeddings, head, vectors) to AdamW
             hidden = {id(p) for p in self.transformer.h.parameters() if p.dim() == 2}
             muon = [p for p in params if id(p) in hidden]
@@ -336,5 +336,5 @@ class ViT(Transformer):
             x = torch.cat([self.cls_token.expand(x.size(0), 1, -1), x], dim=1)  # (B, 1 + N, C)
         x = self.trunk(x + self.transformer.wpe.weight)
         logits = self.head(x[:, 0] if self.config.pool == 'cls' else x.mean(dim=1))  # (B, num_classes)
-        loss = None if targets is None else F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        loss = None if targets is None else F.cross_entropy(logits, targets, ignore_index=-1, label_smoothing=label_smoothing)
         return logits, loss

@@ -47,7 +47,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from data import DATASET_FILES, DataError, check_images, get_tokenizer
+from data import DATASET_FILES, DataError, check_images, file_stamp, get_tokenizer
 
 # file in the download cache -> (url, md5)
 DOWNLOADS = {
@@ -211,7 +211,12 @@ def write_text(out, train_ids, val_ids, **meta):
             raise DataError(f"the input is too small: its {split} split has {len(ids)} token(s), and the smallest "
                             "block needs 2 (train.py needs block_size + 1 in each split); give a longer --input")
         np.asarray(ids, dtype=np.uint16).tofile(os.path.join(out, f'{split}.bin'))
-    return dict(kind='text', **meta, train_tokens=len(train_ids), val_tokens=len(val_ids))
+    return dict(kind='text', **meta, train_tokens=len(train_ids), val_tokens=len(val_ids), **token_stamps(out))
+
+def token_stamps(out):
+    """The size and mtime of each token file, whose ids the tokenizer kept below vocab_size: train.py then
+    checks the ids again only if a file has changed since."""
+    return {f'{split}_stamp': file_stamp(os.path.join(out, f'{split}.bin')) for split in ('train', 'val')}
 
 def write_images(out, train, val, class_names):
     (xt, yt), (xv, yv) = train, val
@@ -307,7 +312,8 @@ def prepare_openwebtext(out, args):
             i += len(ids)
         arr.flush()
         del arr
-    return dict(kind='text', vocab_size=enc.n_vocab, tokenizer='gpt2', train_tokens=sizes['train'], val_tokens=sizes['val'])
+    return dict(kind='text', vocab_size=enc.n_vocab, tokenizer='gpt2', train_tokens=sizes['train'], val_tokens=sizes['val'],
+                **token_stamps(out))
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """The CIFAR-10 batches are pickles; allow only what rebuilds a numpy array, so a file can't run code."""

@@ -13,9 +13,9 @@ import sys
 import torch
 
 import checkpoint
-from configurator import ConfigError, check_device
+from configurator import ConfigError
 from data import GPT2_BPE, DataError, ImageData, eval_sums, get_tokenizer, load_meta
-from devices import autocast, default_device, default_dtype
+from devices import autocast, check_device, check_dtype, default_device, default_dtype
 from model import GPT, GPT2_MODELS, GPTConfig, ViT, ViTConfig
 
 
@@ -42,8 +42,8 @@ def parse_args(argv):
     p.add_argument('--temperature', type=float, default=0.8, help="< 1 less random, > 1 more random")
     p.add_argument('--top_k', type=int, default=200, help="keep only the top_k most likely tokens (0: all)")
     p.add_argument('--seed', type=int, default=1337)
-    p.add_argument('--device', default=default_device())
-    p.add_argument('--dtype', choices=['float32', 'bfloat16', 'float16'], default=default_dtype())
+    p.add_argument('--device', default=default_device(), help="cpu, cuda, cuda:N or mps (default: the GPU where there is one)")
+    p.add_argument('--dtype', choices=['float32', 'bfloat16', 'float16'], help="default: bfloat16 on a CUDA GPU that supports it, else float32")
     p.add_argument('--compile', type=boolean, nargs='?', const=True, default=False, help="True: compile the model with torch.compile")
     p.add_argument('--data_dir', default='', help="dataset directory (default: the one the checkpoint was trained on)")
     p.add_argument('--batch_size', type=int, default=256, help="images per batch (image checkpoints)")
@@ -58,6 +58,8 @@ def main(argv=None):
             fail(f"--{name} must be at least {low}, got {getattr(args, name)}")
     try:
         check_device(args.device)
+        args.dtype = args.dtype or default_dtype(args.device)
+        check_dtype(args.device, args.dtype)
     except ConfigError as e:
         fail(e)
     torch.manual_seed(args.seed)

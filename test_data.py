@@ -2,6 +2,7 @@
 augmentations and streaming, and train.py on the prepared folder (streamed, resumed).
 CPU only, no network. Run: python -m pytest -q test_data.py
 """
+import contextlib
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import data as D
 import imagenet
 import prepare_data as pd
 import sample
+from model import ViT, ViTConfig
 from test_train import assert_clean_error, assert_same_weights, load_ckpt, read_log, train
 
 CLASSES = ['cat', 'dog', 'eel']
@@ -337,3 +339,45 @@ def test_training_batches_flip_half_the_images(tmp_path, crop, flip):
             mirrored += len(flipped)
     rate = mirrored / (8 * 64)
     assert (0.44 < rate < 0.56) if flip else rate == 0, rate  # 512 draws: 0.5 +- 2.7 std
+
+
+def test_token_files_are_read_at_start_only_when_changed(tmp_path, monkeypatch):
+    """A file as prepare_data.py wrote it (its stamp in meta.json) is not read at start; a changed one is read
+    in full; nanoGPT's meta-less files are read at both ends."""
+    (tmp_path / 'input.txt').write_text("the quick brown fox jumps over the lazy dog.\n" * 50)
+    assert prepare('shakespeare_char', '--input', tmp_path / 'input.txt', '--out_dir', tmp_path / 'data') is None
+    meta = D.load_meta(tmp_path / 'data')
+    reads = []
+    real = np.memmap
+    monkeypatch.setattr(D.np, 'memmap', lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    D.TextData(str(tmp_path / 'data'), meta, 'cpu', 2, 8, 1, 0)
+    assert reads == []
+    ids = np.fromfile(tmp_path / 'data' / 'train.bin', dtype=np.uint16)
+    ids[len(ids) // 2] = meta['vocab_size']  # one id outside the vocabulary, far from both ends
+    ids.tofile(tmp_path / 'data' / 'train.bin')
+    with pytest.raises(D.DataError, match=f"token id {meta['vocab_size']}, outside the vocabulary"):
+        D.TextData(str(tmp_path / 'data'), meta, 'cpu', 2, 8, 1, 0)
+    nanogpt = tmp_path / 'nanogpt'
+    nanogpt.mkdir()
+    tokens = np.zeros(3 << 20, dtype=np.uint16)
+    tokens[-1] = 60000  # the last id: a file cut or padded wrongly shows at its end
+    tokens.tofile(nanogpt / 'train.bin')
+    tokens[:4].tofile(nanogpt / 'val.bin')
+    with pytest.raises(D.DataError, match='token id 60000'):
+        D.TextData(str(nanogpt), D.load_meta(nanogpt, log=lambda line: None), 'cpu', 2, 2, 1, 0)
+
+
+def test_eval_batches_have_one_shape_and_count_each_image_once(prepared):
+    """The last eval batch is padded to batch_size with label -1: one shape for a compiled model, and the
+    padding adds no loss, no correct answer and no count."""
+    data = image_data(prepared, batch_size=4, image_size=12)  # 6 val images: batches of 4 and 2 + 2 padding
+    batches = list(data.eval_batches('val', 0, 1))
+    assert [x.shape for x, _ in batches] == [(4, 3, 12, 12)] * 2 and batches[1][1].tolist()[2:] == [-1, -1]
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(n_layer=1, n_head=1, n_embd=8, image_size=12, patch_size=4, num_classes=3)).eval()
+    loss_sum, correct, n = D.eval_sums(model, batches, contextlib.nullcontext()).tolist()
+    x, y = torch.cat([x for x, _ in batches])[:6], torch.cat([y for _, y in batches])[:6]
+    with torch.no_grad():
+        logits, loss = model(x, y)
+    assert n == 6 and correct == (logits.argmax(-1) == y).sum().item()
+    assert loss_sum / n == pytest.approx(loss.item(), rel=1e-5)

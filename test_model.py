@@ -702,7 +702,7 @@ def test_flops_and_mfu_on_cpu(kind, monkeypatch):
     assert model.estimate_mfu(8, 0.5) is None  # even where a GPU exists: the model is not on it
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.cuda
 def test_mfu_peak_lookup_on_cuda(monkeypatch):
     model = make('gpt').cuda()
     flops = model.flops_per_sample()

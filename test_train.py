@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from configurator import ConfigError, configure, given
+from configurator import ConfigError, configure, overrides_from
 
 REPO = Path(__file__).resolve().parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}  # tiny tensors, shared CPUs
@@ -41,12 +41,12 @@ def arg(key, value):
     return f'--{key}={value!r}'
 
 
-def train(out_dir, data_dir, *extra, torchrun=False, check=True, timeout=300, **overrides):
+def train(out_dir, data_dir, *extra, torchrun=False, check=True, timeout=300, env=ENV, **overrides):
     """Run train.py with TINY + overrides (+ extra raw args); returns the CompletedProcess."""
     cfg = {**TINY, 'out_dir': str(out_dir), 'data_dir': str(data_dir), **overrides}
     launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2'] if torchrun else [sys.executable]
     r = subprocess.run([*launcher, 'train.py', *(arg(k, v) for k, v in cfg.items()), *extra],
-                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if check:
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return r
@@ -332,6 +332,16 @@ def test_compile_runs(text_data, tmp_path):
     assert not any('_orig_mod.' in k for k in ckpt['model'])  # the raw model's keys, not the compiled wrapper's
     assert len(train_losses(read_log(tmp_path))) == 2
 
+
+
+def test_compiled_vit_has_one_graph_per_mode(image_data, tmp_path):
+    """64 val images in batches of 24: the last one padded, so that evaluation keeps one static shape. Two graphs
+    (train, eval) and no recompile for a batch size (which would also make the training graph symbolic)."""
+    r = train(tmp_path, image_data, compile=True, n_embd=16, batch_size=24, patch_size=4, max_iters=2, eval_interval=1,
+              optimizer='adamw', learning_rate=1e-3, min_lr=1e-4, timeout=600, env={**ENV, 'TORCH_LOGS': 'recompiles'})
+    recompiles = r.stderr.count('Recompiling function')
+    assert recompiles == 1 and 'grad_mode' in r.stderr and 'mismatch' not in r.stderr, r.stderr[-3000:]
+    assert [v['iter'] for v in read_log(tmp_path) if 'val_acc' in v] == [0, 1, 2]
 
 # ----------------------------------------------------------------------------------------
 # failures: clear messages, no tracebacks, no bad checkpoints
@@ -626,7 +636,7 @@ def test_sigkill_then_resume_logs_each_iteration_once(text_data, tmp_path):
     assert [i for i, _ in val_losses(log)] == list(range(0, max_iters + 1, 5))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_resume_on_cuda(text_data, tmp_path):
     """Resume on a GPU: the checkpoint's RNG states must come back as CPU tensors."""
     cfg = dict(LM['adamw'], device='cuda', eval_interval=2)

@@ -22,7 +22,7 @@ import checkpoint
 import checks
 from configurator import ConfigError, report_errors
 from data import DataError, ImageData, TextData, eval_sums, load_meta
-from devices import autocast, default_device, default_dtype
+from devices import autocast, default_device, set_current
 from diagnostics import grad_stats
 from model import GPT, GPTConfig, ViT, ViTConfig
 
@@ -95,8 +95,8 @@ min_lr = 0.1
 # diagnostics: gradient statistics every this many iterations into log.jsonl (0: off)
 grad_stats_interval = 0
 # system
-device = default_device()  # 'cuda' where torch sees a GPU, else 'cpu'
-dtype = default_dtype()  # 'bfloat16' where CUDA supports it, else 'float32'
+device = default_device()  # 'cuda' where torch sees a GPU, else 'mps' on a Mac's GPU, else 'cpu'
+dtype = ''  # '': bfloat16 on a CUDA GPU that supports it, else float32; or float32, bfloat16, float16
 compile = True
 seed = 1337
 # ----------------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ config_keys = [k for k, v in globals().items() if not k.startswith('_') and isin
 # ----------------------------------------------------------------------------------------
 report_errors('train.py', DataError)  # from here on, a ConfigError or DataError: one line on stderr, exit 1
 # config files, --key=value and, to resume, the stored run's config; all checked before out_dir is touched
-config, stored_run, overrides = checks.resolve({k: globals()[k] for k in config_keys}, sys.argv[1:])
+config, stored_run, overrides, notes = checks.resolve({k: globals()[k] for k in config_keys}, sys.argv[1:])
 globals().update(config)
 ckpt_path, log_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'log.jsonl')
 
@@ -114,13 +114,13 @@ if ddp:
     rank, local_rank, world_size = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
     if device.startswith('cuda'):
         device = f'cuda:{local_rank}'
-        torch.cuda.set_device(device)
     dist.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
 else:
     rank, local_rank, world_size = 0, 0, 1
 master_process = rank == 0
+set_current(device)  # cuda:N: its RNG state is the one saved and restored
 accum_steps = gradient_accumulation_steps // world_size  # micro-steps of this process
-device_type = 'cuda' if device.startswith('cuda') else 'cpu'
+device_type = torch.device(device).type  # 'cpu', 'cuda' or 'mps'
 torch.manual_seed(seed + rank)  # dropout differs per process; the data stream below is shared
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
@@ -173,7 +173,7 @@ if stored_run is not None:
 raw_model = model
 if compile:
     log("compiling the model (about a minute)...")
-    model = torch.compile(model)
+    model = torch.compile(model, dynamic=False)  # static shapes: every batch, train or eval, has one shape
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
@@ -219,7 +219,7 @@ def diverged(what, value):
 def save_checkpoint():
     """The state after iteration iter_num; `evaluated` says whether its eval has run, `log_bytes` how much
     of log.jsonl belongs to it (a resume cuts what a killed run wrote after)."""
-    rng = checkpoint.rng_states(data_gen, device_type, world_size)  # every process takes part
+    rng = checkpoint.rng_states(data_gen, device, world_size)  # every process takes part
     if master_process:
         checkpoint.save(ckpt_path, dict(
             model=raw_model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
@@ -241,6 +241,8 @@ def write_log(record):
 # from here on out_dir is written (never under eval_only)
 
 log(json.dumps(config, indent=1))
+for note in notes:
+    log(note)
 for key, (old, new) in overrides.items():
     log(f"resume: {key} = {new!r} (the checkpoint's run had {old!r})")
 log(f"{Model.__name__} with {raw_model.get_num_params() / 1e6:.2f}M parameters; {world_size} process(es), "

@@ -1,0 +1,82 @@
+"""What only a CUDA GPU can show: compiled bf16 training and its resume, the fused optimizers under a float16
+GradScaler, pinned streamed batches, the MFU figure, NCCL torchrun. Every test here is marked `cuda` and
+skips without a GPU. On a GPU machine: python -m pytest -q -m cuda"""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import data as D
+import devices
+from optim import SGDW
+from test_data import folder, prepared  # noqa: F401 (fixtures)
+from test_train import LM, N, assert_same_weights, load_ckpt, read_log, text_data, train, train_losses, val_losses  # noqa: F401
+
+pytestmark = pytest.mark.cuda
+GPU = dict(device='cuda', dtype='bfloat16')
+
+
+def test_compiled_bf16_training_learns_and_resumes(text_data, tmp_path):
+    """N steps, then N resumed, against 2N straight. CUDA kernels (the embedding's backward among them) are not
+    bitwise deterministic, so the two agree to bf16 rounding rather than exactly."""
+    cfg = dict(LM['adamw'], **GPU, compile=True, eval_interval=N)
+    train(tmp_path / 'straight', text_data, max_iters=2 * N, timeout=900, **cfg)
+    train(tmp_path / 'resumed', text_data, max_iters=N, timeout=900, **cfg)
+    train(tmp_path / 'resumed', text_data, '--init_from=resume', max_iters=2 * N, timeout=900, **cfg)
+    a, b = read_log(tmp_path / 'straight'), read_log(tmp_path / 'resumed')
+    assert [i for i, _ in train_losses(b)] == list(range(1, 2 * N + 1))
+    np.testing.assert_allclose([l for _, l in train_losses(b)], [l for _, l in train_losses(a)], rtol=2e-2)
+    assert val_losses(a)[-1][1] < 0.7 * val_losses(a)[0][1]
+    assert_same_weights(load_ckpt(tmp_path / 'straight')['model'], load_ckpt(tmp_path / 'resumed')['model'], atol=2e-2)
+
+
+@pytest.mark.parametrize('name', ['msgdw', 'adamw'])
+def test_fused_optimizers_skip_the_inf_step_of_a_float16_gradscaler(name):
+    p = nn.Parameter(torch.ones(4, 4, device='cuda'))
+    opt = (SGDW([p], lr=0.5, momentum=0.9, weight_decay=0.1, fused=True) if name == 'msgdw'
+           else torch.optim.AdamW([p], lr=0.5, weight_decay=0.1, fused=True))
+    scaler = torch.amp.GradScaler('cuda', init_scale=4.0)
+    for grad in (float('inf'), 1.0):
+        with torch.autocast('cuda', dtype=torch.float16):
+            loss = (p * grad).sum()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+        if grad == float('inf'):
+            assert scaler.get_scale() == 2.0 and torch.equal(p.detach(), torch.ones_like(p))  # skipped, decay too
+    assert torch.isfinite(p).all() and (p < 1).all()  # the finite step: decay and a step down the gradient
+
+
+def test_streamed_batches_are_pinned_and_equal_the_in_memory_ones(prepared):
+    cfg = dict(image_size=12, crop='rrc', mixup=0.8)
+    memory = D.ImageData(str(prepared), D.load_meta(prepared), 'cuda', 4, **cfg)
+    stream = D.ImageData(str(prepared), D.load_meta(prepared), 'cuda', 4, stream=True, data_workers=2, **cfg)
+    assert stream.stream.pin
+    wait = stream.read('train', torch.arange(4))
+    assert wait().is_cuda
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    for _ in range(2):
+        for (xa, ya), (xb, yb) in zip(memory.get_batches('train', 2, slice(None), g1),
+                                      stream.get_batches('train', 2, slice(None), g2), strict=True):
+            torch.testing.assert_close(xa, xb)
+            torch.testing.assert_close(ya, yb)
+
+
+def test_mfu_is_logged(text_data, tmp_path):
+    train(tmp_path, text_data, max_iters=4, eval_interval=4, compile=False, **GPU)
+    mfus = [r['mfu'] for r in read_log(tmp_path) if 'loss' in r]
+    if devices.peak_flops('cuda') is None:
+        pytest.skip(f"{torch.cuda.get_device_name()} is not in devices.PEAK_FLOPS")
+    assert len(mfus) == 4 and all(0 < m < 1 for m in mfus)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_torchrun_nccl_matches_one_process(text_data, tmp_path):
+    cfg = dict(gradient_accumulation_steps=4, batch_size=4, max_iters=3, eval_interval=3, learning_rate=1,
+               device='cuda', dtype='float32')
+    train(tmp_path / 'single', text_data, **cfg)
+    ddp = train(tmp_path / 'ddp', text_data, torchrun=True, **cfg)
+    assert '2 process(es), 2 micro-steps' in ddp.stdout
+    np.testing.assert_allclose([l for _, l in train_losses(read_log(tmp_path / 'ddp'))],
+                               [l for _, l in train_losses(read_log(tmp_path / 'single'))], rtol=1e-4)
