@@ -12,6 +12,8 @@ train.py costs about accumulation x (step - optimizer) + optimizer.
 DATA_DIR at image_size with the config's augmentation, an iteration of gradient_accumulation_steps
 micro-batches at a time): images/s read from disk by data_workers threads, and images/s read and
 augmented on the device, read ahead as in train.py. No model.
+--host=True times train.py's host work of a GPT iteration alone (drawing and copying its micro-batches),
+which train.py does while the device runs the iteration before; a GPT run prints it beside the step's time.
 """
 import resource
 import statistics
@@ -40,6 +42,7 @@ compare = ''  # 'KEY=A,B': variants A and B, timed interleaved; more keys: 'K1=A
 profile = False  # torch.profiler table over `iters` steps of the config (no compare)
 trace = ''  # with profile: write a chrome trace to this path
 loader = ''  # a dataset directory: time train.py's image pipeline on it instead of a model step
+host = False  # time train.py's host work of an iteration alone (drawing and copying a GPT's batches), no model
 # ----------------------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
 try:
@@ -58,7 +61,8 @@ torch.backends.cudnn.allow_tf32 = True
 
 def time_loader():
     """Images/s of the image pipeline on `loader`: reads alone (no read-ahead), then batches as train.py gets them."""
-    from data import DataError, ImageData, load_meta
+    from checks import DataError
+    from data import ImageData, load_meta
     try:
         meta = load_meta(loader)
         data = ImageData(loader, meta, device, batch_size, image_size, augment, crop, crop_padding, rrc_min_scale,
@@ -82,8 +86,31 @@ def time_loader():
         print(f"{label:<28}{iters * n * batch_size / (time.perf_counter() - t0):>12,.0f} img/s", flush=True)
 
 
+def host_ms_per_iteration():
+    """train.py's host work of an iteration for a GPT: gradient_accumulation_steps micro-batches of batch_size x
+    block_size token windows from a token file (random ids, in a temporary directory), copied to the device."""
+    import tempfile
+    import numpy as np
+    from data import TextData
+    with tempfile.TemporaryDirectory() as tmp:
+        n_tokens = max(1 << 22, 4 * block_size)
+        for split in ('train', 'val'):
+            np.random.default_rng(0).integers(0, vocab_size, n_tokens, dtype=np.uint16).tofile(f'{tmp}/{split}.bin')
+        data = TextData(tmp, dict(vocab_size=vocab_size), device, batch_size, block_size, 1, 0)
+        gen, times = torch.Generator().manual_seed(seed), []
+        for _ in range(warmup + iters):
+            t = time.perf_counter()
+            data.get_batches('train', gradient_accumulation_steps, slice(None), gen)
+            times.append((time.perf_counter() - t) * 1000)
+        return statistics.median(times[warmup:])
+
+
 if loader:
     time_loader()
+    sys.exit(0)
+if host:
+    print(f"host: {host_ms_per_iteration():.2f} ms an iteration to draw and copy {gradient_accumulation_steps} "
+          f"micro-batches of {batch_size} x {block_size} tokens to {device} (median of {iters})")
     sys.exit(0)
 if warmup < 1 or iters < 2:
     sys.exit("bench.py: need warmup >= 1 (it creates the optimizer state) and iters >= 2")
@@ -238,3 +265,13 @@ for label, values, fmt in rows:
     print(f"{label:<22}{cells}" + (f"{values[1] / values[0]:>10.4f}" if ratio else ""))
 print("peak memory: each variant's own, from the CUDA allocator; process peak RSS "
       f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:,.1f} MiB (ru_maxrss: every variant together)")
+
+
+if model == 'gpt':
+    v = variants[0]
+    backward = gradient_accumulation_steps * (statistics.median(v.step_ms) - statistics.median(v.opt_ms))
+    print(f"host: {host_ms_per_iteration():.2f} ms an iteration to draw and copy {gradient_accumulation_steps} micro-batches of "
+          f"{batch_size} x {block_size} tokens (median of {iters}); train.py draws them while the device runs the "
+          f"iteration before (about {backward:,.1f} ms of forward and backward for {variants[0].cfg['preset']}): "
+          + ("the host and the device are one CPU here, so none of it is hidden" if device == 'cpu' else
+             f"hidden: {min(1.0, backward / host) * 100:.0f}%"))

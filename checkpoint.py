@@ -8,6 +8,8 @@ Each refusal is a ConfigError, which train.py reports in one line.
 import json
 import math
 import os
+import pickle
+import shutil
 import signal
 
 import torch
@@ -28,6 +30,11 @@ def load(path, *keys):
         raise ConfigError(f"no checkpoint at {path}")
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'Unsupported global' not in str(e):
+            raise ConfigError(f"{path} is not a readable checkpoint (UnpicklingError)") from None
+        raise ConfigError(f"{path} was refused: it names Python objects other than tensors and plain data, and "
+                          "loading those could run code; train.py writes no such checkpoint") from None
     except Exception as e:  # an empty, truncated or foreign file fails wherever its first bad byte is
         reason = (str(e).strip().splitlines() or [''])[0][:200]
         raise ConfigError(f"{path} is not a readable checkpoint ({type(e).__name__}: {reason})") from None
@@ -44,18 +51,20 @@ def save(path, checkpoint):
     try:
         torch.save(checkpoint, path + '.tmp')
         os.replace(path + '.tmp', path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as a RuntimeError
         if os.path.exists(path + '.tmp'):
             os.remove(path + '.tmp')
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}, {free:,} bytes free there"
         kept = f"{path} still holds the last one" if os.path.exists(path) else "nothing was saved"
-        raise ConfigError(f"cannot save the checkpoint of iter {checkpoint['iter_num']} ({e.strerror or e}); "
+        raise ConfigError(f"cannot save the checkpoint of iter {checkpoint['iter_num']} ({reason}); "
                           f"{kept}: free space or fix the permissions of out_dir, then resume") from None
 
 
-def rng_states(data_gen, device, world_size):
-    """The data generator's state and every process's CPU RNG state, and its device's (cuda or mps):
-    resuming on the same number of processes then continues dropout exactly."""
-    rng = dict(data=data_gen.get_state(), world_size=world_size, cpu=[torch.get_rng_state()])
+def rng_states(data_state, device, world_size):
+    """The data generator's state (as given) and every process's CPU RNG state, and its device's (cuda or
+    mps): resuming on the same number of processes then continues dropout exactly."""
+    rng = dict(data=data_state, world_size=world_size, cpu=[torch.get_rng_state()])
     kind, state = torch.device(device).type, rng_state(device)
     if state is not None:
         rng[kind] = [state]
@@ -83,7 +92,8 @@ def restore(checkpoint, path, model, model_args, optimizer, scaler, data_gen, co
     try:
         model.load_state_dict(checkpoint['model'])
     except RuntimeError as e:
-        raise ConfigError(f"{path}: its weights do not fit its model_args ({str(e).splitlines()[0]})") from None
+        detail = ' '.join(str(e).split())[:300]  # the missing, unexpected or misshapen keys
+        raise ConfigError(f"{path}: its weights do not fit its model_args ({detail})") from None
     name, stored = config['optimizer'], checkpoint['config'].get('optimizer')
     if config['reset_optimizer']:
         log(f"resume: a fresh {name} optimizer state (reset_optimizer=True)")

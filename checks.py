@@ -1,10 +1,12 @@
 """
-train.py's config, resolved and checked before anything in out_dir is touched: a run that cannot
-start changes nothing there. Every refusal is a ConfigError, reported by train.py in one line.
+Every input train.py takes, checked before anything in out_dir is touched: the config (resolved with a
+resumed run's), and the data. A run that cannot start changes nothing there. Every refusal is a ConfigError
+or a DataError, reported by the scripts in one line.
 """
 import math
 import os
 
+import numpy as np
 import torch
 
 import checkpoint
@@ -29,6 +31,8 @@ def resolve(defaults, argv):
     if config['init_from'] not in ('scratch', 'resume', *GPT2_MODELS) and not os.path.isdir(config['init_from']):
         raise ConfigError(f"unknown init_from {config['init_from']!r}; choose 'scratch', 'resume', one of "
                           f"{', '.join(GPT2_MODELS)}, or a directory holding a saved GPT2LMHeadModel")
+    if not config['out_dir']:
+        raise ConfigError("out_dir is empty; give the directory of the run, e.g. --out_dir=out")
     if os.path.exists(config['out_dir']) and not os.path.isdir(config['out_dir']):
         raise ConfigError(f"out_dir {config['out_dir']} exists and is not a directory")
     ckpt_path = os.path.join(config['out_dir'], 'ckpt.pt')
@@ -42,7 +46,10 @@ def resolve(defaults, argv):
         stored = {k: v for k, v in stored_run['config'].items() if k in defaults and k not in INVOCATION}
         overrides = {k: (stored[k], v) for k, v in cli.items() if k in stored and v != stored[k]}
         config = {**defaults, **stored, **cli}
-    elif os.path.exists(ckpt_path) and not config['eval_only'] and not config['overwrite']:
+    elif os.path.exists(ckpt_path) and config['eval_only']:
+        raise ConfigError(f"{ckpt_path} holds a run: evaluate it with --init_from=resume --eval_only=True "
+                          "(eval_only from scratch evaluates a fresh model, in another out_dir)")
+    elif os.path.exists(ckpt_path) and not config['overwrite']:
         raise ConfigError(f"{ckpt_path} holds an earlier run: continue it with --init_from=resume, replace it with "
                           "--overwrite=True, or give another --out_dir")
     check_device(config['device'])
@@ -56,6 +63,8 @@ def resolve(defaults, argv):
         if 'RANK' in os.environ:
             raise ConfigError("DDP runs on cuda (nccl) or cpu (gloo), not on mps: run one process on a Mac")
     check_values(config)
+    if not config['eval_only']:
+        check_writable(config['out_dir'])
     if stored_run is not None and stored_run['iter_num'] > config['max_iters']:
         raise ConfigError(f"{ckpt_path} is at iter {stored_run['iter_num']}, past max_iters ({config['max_iters']}); "
                           "raise max_iters to train on")
@@ -64,6 +73,11 @@ def resolve(defaults, argv):
 
 def check_values(config):
     """The values the model config does not check itself."""
+    for key, value in config.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+    if not 0 <= config['seed'] < 2 ** 63 - 1024:  # seed + rank and seed + 1 seed generators too
+        raise ConfigError(f"seed must be in 0..2**63-1025, got {config['seed']}")
     for key, low in AT_LEAST.items():
         if config[key] < low:
             raise ConfigError(f"{key} must be at least {low}, got {config[key]}")
@@ -89,6 +103,15 @@ def check_values(config):
             raise ConfigError("wandb_log=True needs wandb: pip install wandb") from None
 
 
+def check_writable(out_dir):
+    """out_dir, or the nearest folder above it that exists (where it will be made), takes new files."""
+    existing = os.path.abspath(out_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to {existing} (read-only or not yours): give another --out_dir")
+
+
 def model_config(ModelConfig, config, from_data, meta):
     """ModelConfig from the config's model keys and what the data decides (`from_data`)."""
     if from_data.get('vocab_size', math.inf) < meta.get('vocab_size', 0):
@@ -96,6 +119,111 @@ def model_config(ModelConfig, config, from_data, meta):
                           "use 0 to take the dataset's")
     fields = ModelConfig.__dataclass_fields__
     try:
-        return ModelConfig(**{**{k: v for k, v in config.items() if k in fields}, **from_data})
+        model_config = ModelConfig(**{**{k: v for k, v in config.items() if k in fields}, **from_data})
     except ValueError as e:
         raise ConfigError(e) from None
+    d, tokens = model_config.n_embd, from_data.get('vocab_size', 0) + from_data.get('block_size', 0)
+    weights = 4 * (12 * model_config.n_layer * d * d + tokens * d)  # float32 bytes of the blocks and embeddings
+    memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    if weights > memory:
+        raise ConfigError(f"n_layer {model_config.n_layer} x n_embd {d}: {weights / 2**30:,.0f} GiB of float32 weights "
+                          f"alone, more than this machine's {memory / 2**30:,.0f} GiB of memory")
+    return model_config
+
+
+# ----------------------------------------------------------------------------------------
+# the data (data.py's readers call these; prepare_data.py checks what it writes with them)
+
+class DataError(Exception):
+    """A problem with the data or its source, reported in one line."""
+
+
+def check_meta(meta, path):
+    """The fields train.py and sample.py read, of the right kinds; else DataError naming the file."""
+    count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
+    if not isinstance(meta, dict) or meta.get('kind') not in ('text', 'image'):
+        problem = "its kind is not 'text' or 'image'"
+    elif meta['kind'] == 'text' and not count(meta.get('vocab_size')):
+        problem = "a text dataset needs a vocab_size of at least 1"
+    elif meta['kind'] == 'text' and meta.get('tokenizer') == 'char' and len(meta.get('itos') or []) != meta['vocab_size']:
+        problem = f"its itos has {len(meta.get('itos') or [])} characters, its vocab_size is {meta['vocab_size']}"
+    elif meta['kind'] == 'image' and not (isinstance(meta.get('shape'), list) and len(meta['shape']) == 3
+                                          and all(count(v) for v in meta['shape']) and count(meta.get('num_classes'))
+                                          and all(len(meta.get(k) or []) == meta['shape'][2] for k in ('mean', 'std'))):
+        problem = "an image dataset needs shape [H, W, C], num_classes, and C values of mean and std"
+    else:
+        return
+    raise DataError(f"{path} does not describe a dataset: {problem}; prepare the dataset again")
+
+
+def check_images(x, y, name, num_classes=None):
+    """x as (N, H, W, C) and y as int64, if x holds N >= 1 uint8 images [N,H,W] or [N,H,W,C] and y N integer
+    labels in 0..num_classes-1; else DataError naming `name`."""
+    if x.dtype != np.uint8 or x.ndim not in (3, 4):
+        raise DataError(f"{name}: images must be uint8 [N,H,W] or [N,H,W,C], got {x.dtype} {list(x.shape)}")
+    if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),):
+        raise DataError(f"{name}: labels must be {len(x)} integers, got {y.dtype} {list(y.shape)}")
+    if len(x) == 0:
+        raise DataError(f"{name}: no images")
+    if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
+        allowed = f"0..{num_classes - 1}" if num_classes is not None else "0 or more"
+        raise DataError(f"{name}: labels must be {allowed}, got {y.min()}..{y.max()}")
+    return (x[..., None] if x.ndim == 3 else x), y.astype(np.int64)
+
+
+def file_stamp(path):
+    st = os.stat(path)
+    return dict(bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+def max_token_id(path, stamp):
+    """The largest id in a token file, read only where needed: not at all for a file as prepare_data.py wrote
+    it (its stamp), in full for one changed since, and at both ends (2M ids each) for nanoGPT's, which a file
+    of the wrong format or tokenizer shows there as anywhere."""
+    if stamp == file_stamp(path):
+        return None
+    ids = np.memmap(path, dtype=np.uint16, mode='r')
+    return int(ids.max() if stamp is not None else max(ids[:1 << 21].max(), ids[-(1 << 21):].max()))
+
+
+def check_token_files(data_dir, meta, block_size):
+    """Each split: whole uint16 ids, more than block_size of them, all inside the vocabulary."""
+    for split in ('train', 'val'):
+        path = os.path.join(data_dir, f'{split}.bin')
+        n_bytes = os.path.getsize(path) if os.path.isfile(path) else 0
+        if n_bytes % 2:
+            raise DataError(f"{path} holds {n_bytes} bytes, an odd number: not uint16 token ids; prepare the dataset again")
+        n_tokens = n_bytes // 2
+        if n_tokens <= block_size:
+            raise DataError(f"{path} holds {n_tokens} tokens; block_size {block_size} needs at least "
+                            f"{block_size + 1}: lower --block_size or prepare more data")
+        top = max_token_id(path, meta.get(f'{split}_stamp'))
+        if top is not None and top >= meta['vocab_size']:
+            raise DataError(f"{path} holds token id {top}, outside the vocabulary of its meta.json (vocab_size "
+                            f"{meta['vocab_size']}); prepare the dataset again")
+
+
+def check_image_options(data_dir, meta, image_size, crop, rrc_min_scale, mixup, cutmix, data_workers):
+    H, W, C = meta['shape']
+    if H != W:
+        raise DataError(f"the ViT takes square images; {data_dir} holds {H}x{W}")
+    if not 0 < (image_size or H) <= H:
+        raise DataError(f"image_size ({image_size}) must be 0 (as stored) or at most the stored {H}x{W}")
+    if crop not in ('pad', 'rrc'):
+        raise DataError(f"unknown crop {crop!r}; choose 'pad' (CIFAR) or 'rrc' (random-resized-crop, ImageNet)")
+    if not 0 < rrc_min_scale <= 1 or mixup < 0 or cutmix < 0 or data_workers < 1:
+        raise DataError(f"need 0 < rrc_min_scale <= 1, mixup >= 0, cutmix >= 0, data_workers >= 1; got "
+                        f"{rrc_min_scale}, {mixup}, {cutmix}, {data_workers}")
+
+
+def check_image_split(data_dir, split, meta, load):
+    """x, y = load(), checked against meta.json."""
+    try:
+        x, y = load()
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read the {split} images of {data_dir} ({e}); prepare it again") from None
+    x, y = check_images(x, y, f"the {split} split of {data_dir} (prepare it again)", meta['num_classes'])
+    if list(x.shape[1:]) != meta['shape']:
+        raise DataError(f"the {split} images of {data_dir} are {list(x.shape[1:])}, not the {meta['shape']} of "
+                        "its meta.json; prepare the dataset again")
+    return x, y

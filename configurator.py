@@ -27,7 +27,8 @@ def report_errors(script, *error_types):
     def hook(exc_type, exc, tb):
         if not issubclass(exc_type, types_):
             return sys.__excepthook__(exc_type, exc, tb)
-        print(f"{script}: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        if os.environ.get('RANK', '0') == '0':  # under torchrun, every process refuses the same input: say it once
+            print(f"{script}: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
 
     sys.excepthook = hook
 

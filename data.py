@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from checks import DataError, check_image_options, check_image_split, check_meta, check_token_files
 from devices import pin_memory
 from imagenet import Stream, draw_mixes, mix, rrc_boxes, resized_crops
 
@@ -30,9 +31,6 @@ DATASET_FILES = {'text': {'meta.json', 'train.bin', 'val.bin'},  # by meta['kind
                  'image': {'meta.json', 'train_x.npy', 'train_y.npy', 'val_x.npy', 'val_y.npy'}}
 GPT2_BPE = dict(kind='text', tokenizer='gpt2', vocab_size=50257)  # the meta of nanoGPT's token files
 
-
-class DataError(Exception):
-    """A problem with the data or its source, reported in one line."""
 
 # ----------------------------------------------------------------------------------------
 # readers
@@ -48,8 +46,13 @@ def load_meta(data_dir, log=print):
         name = os.path.basename(os.path.normpath(data_dir))
         raise DataError(f"no dataset in {data_dir} (meta.json missing); create it with: python prepare_data.py {name} "
                         f"--out_dir {data_dir} (python prepare_data.py --help lists the datasets)")
-    with open(path, encoding='utf-8') as f:
-        return json.load(f)
+    try:
+        with open(path, encoding='utf-8') as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} is not readable JSON ({type(e).__name__}: {e}); prepare the dataset again") from None
+    check_meta(meta, path)
+    return meta
 
 
 def load_images(data_dir, split, mmap=False):
@@ -59,26 +62,19 @@ def load_images(data_dir, split, mmap=False):
     return x, y
 
 
-def check_images(x, y, name, num_classes=None):
-    """x as (N, H, W, C) and y as int64, if x holds N >= 1 uint8 images [N,H,W] or [N,H,W,C] and y N integer
-    labels in 0..num_classes-1; else DataError naming `name`."""
-    if x.dtype != np.uint8 or x.ndim not in (3, 4):
-        raise DataError(f"{name}: images must be uint8 [N,H,W] or [N,H,W,C], got {x.dtype} {list(x.shape)}")
-    if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),):
-        raise DataError(f"{name}: labels must be {len(x)} integers, got {y.dtype} {list(y.shape)}")
-    if len(x) == 0:
-        raise DataError(f"{name}: no images")
-    if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
-        allowed = f"0..{num_classes - 1}" if num_classes is not None else "0 or more"
-        raise DataError(f"{name}: labels must be {allowed}, got {y.min()}..{y.max()}")
-    return (x[..., None] if x.ndim == 3 else x), y.astype(np.int64)
+def gpt2_encoding():
+    try:
+        import tiktoken
+        return tiktoken.get_encoding('gpt2')
+    except Exception as e:  # offline without a cache raises whatever the HTTP client raised
+        raise DataError(f"tiktoken cannot load the gpt2 encoding ({type(e).__name__}); offline? set TIKTOKEN_CACHE_DIR "
+                        "to a folder holding tiktoken's cache files") from None
 
 
 def get_tokenizer(meta):
     """(encode, decode) of a text dataset's meta."""
     if meta.get('tokenizer') == 'gpt2':
-        import tiktoken
-        enc = tiktoken.get_encoding('gpt2')
+        enc = gpt2_encoding()
         encode = lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})  # in a prompt, the EOT token, as in nanoGPT
         return encode, lambda ids: enc.decode([int(i) for i in ids])
     if meta.get('tokenizer') == 'char':
@@ -97,36 +93,12 @@ def get_tokenizer(meta):
 # text: random windows of block_size tokens, the next token as target
 
 
-def file_stamp(path):
-    st = os.stat(path)
-    return dict(bytes=st.st_size, mtime_ns=st.st_mtime_ns)
-
-
-def max_token_id(path, stamp):
-    """The largest id in a token file, read only where needed: not at all for a file as prepare_data.py wrote
-    it (its stamp), in full for one changed since, and at both ends (2M ids each) for nanoGPT's, which a file
-    of the wrong format or tokenizer shows there as anywhere."""
-    if stamp == file_stamp(path):
-        return None
-    ids = np.memmap(path, dtype=np.uint16, mode='r')
-    return int(ids.max() if stamp is not None else max(ids[:1 << 21].max(), ids[-(1 << 21):].max()))
-
-
 class TextData:
     unit = 'tok'
     eval_splits = ('train', 'val')
 
     def __init__(self, data_dir, meta, device, batch_size, block_size, eval_iters, eval_seed):
-        for split in ('train', 'val'):
-            path = os.path.join(data_dir, f'{split}.bin')
-            n_tokens = os.path.getsize(path) // 2 if os.path.isfile(path) else 0
-            if n_tokens <= block_size:
-                raise DataError(f"{path} holds {n_tokens} tokens; block_size {block_size} needs at least "
-                                f"{block_size + 1}: lower --block_size or prepare more data")
-            top = max_token_id(path, meta.get(f'{split}_stamp'))
-            if top is not None and top >= meta['vocab_size']:
-                raise DataError(f"{path} holds token id {top}, outside the vocabulary of its meta.json (vocab_size "
-                                f"{meta['vocab_size']}); prepare the dataset again")
+        check_token_files(data_dir, meta, block_size)
         self.data_dir, self.device, self.batch_size, self.block_size = data_dir, device, batch_size, block_size
         self.eval_iters, self.eval_seed = eval_iters, eval_seed
         self.samples_per_micro_step = batch_size * block_size
@@ -182,29 +154,14 @@ class ImageData:
                  rrc_min_scale=0.08, flip=True, mixup=0.0, cutmix=0.0, stream=False, data_workers=4):
         H, W, C = meta['shape']
         self.stored, self.size = (H, W), image_size or H
-        if H != W:
-            raise DataError(f"the ViT takes square images; {data_dir} holds {H}x{W}")
-        if not 0 < self.size <= H:
-            raise DataError(f"image_size ({image_size}) must be 0 (as stored) or at most the stored {H}x{W}")
-        if crop not in ('pad', 'rrc'):
-            raise DataError(f"unknown crop {crop!r}; choose 'pad' (CIFAR) or 'rrc' (random-resized-crop, ImageNet)")
-        if not 0 < rrc_min_scale <= 1 or mixup < 0 or cutmix < 0 or data_workers < 1:
-            raise DataError(f"need 0 < rrc_min_scale <= 1, mixup >= 0, cutmix >= 0, data_workers >= 1; got "
-                            f"{rrc_min_scale}, {mixup}, {cutmix}, {data_workers}")
+        check_image_options(data_dir, meta, image_size, crop, rrc_min_scale, mixup, cutmix, data_workers)
         self.device, self.batch_size, self.augment = device, batch_size, augment
         self.crop, self.crop_padding, self.rrc_min_scale = crop, crop_padding, rrc_min_scale
         self.flip, self.mixup, self.cutmix = flip, mixup, cutmix
         self.num_classes, self.samples_per_micro_step = meta['num_classes'], batch_size
         self.images = {}
         for split in ('train', 'val'):
-            try:
-                x, y = load_images(data_dir, split, mmap=stream)
-            except (OSError, ValueError) as e:
-                raise DataError(f"cannot read the {split} images of {data_dir} ({e}); prepare it again") from None
-            x, y = check_images(x, y, f"the {split} split of {data_dir} (prepare it again)", meta['num_classes'])
-            if list(x.shape[1:]) != meta['shape']:
-                raise DataError(f"the {split} images of {data_dir} are {list(x.shape[1:])}, not the {meta['shape']} of "
-                                "its meta.json; prepare the dataset again")
+            x, y = check_image_split(data_dir, split, meta, lambda: load_images(data_dir, split, mmap=stream))
             x = x if stream else torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)  # (N, C, H, W)
             self.images[split] = (x, torch.from_numpy(y).to(device))
         self.mean = torch.tensor(meta['mean'], device=device).view(1, -1, 1, 1)

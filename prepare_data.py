@@ -47,7 +47,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from data import DATASET_FILES, DataError, check_images, file_stamp, get_tokenizer
+from checks import DataError, check_images, file_stamp
+from data import DATASET_FILES, get_tokenizer, gpt2_encoding
 
 # file in the download cache -> (url, md5)
 DOWNLOADS = {
@@ -112,6 +113,7 @@ def fetch(fname, args):
         import requests
     except ImportError:
         raise DataError(f"downloading {fname} needs requests: pip install requests (or use --input)") from None
+    made_cache_dir = not os.path.exists(args.cache_dir)
     os.makedirs(args.cache_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{fname}.part-', dir=args.cache_dir)
     try:
@@ -134,6 +136,8 @@ def fetch(fname, args):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if made_cache_dir and not os.listdir(args.cache_dir):  # a failed first download leaves no empty folder
+            os.rmdir(args.cache_dir)
     return path
 
 def local_or_fetch(fname, args):
@@ -151,7 +155,10 @@ def check_replaceable(out_dir):
         raise DataError(f"--out_dir {out_dir} is the working directory or one of its parents; give a new directory, e.g. data/NAME")
     if not os.path.lexists(out_dir):
         return
-    if os.path.islink(out_dir) or not os.path.isdir(out_dir):
+    if os.path.islink(out_dir):
+        raise DataError(f"--out_dir {out_dir} exists and is not a directory but a symbolic link (to "
+                        f"{os.readlink(out_dir)}), which is left alone; give the directory itself or a new one")
+    if not os.path.isdir(out_dir):
         raise DataError(f"--out_dir {out_dir} exists and is not a directory; give a new directory, e.g. data/NAME")
     entries = set(os.listdir(out_dir))
     try:
@@ -260,17 +267,9 @@ def prepare_shakespeare_char(out, args):
     encode, _ = get_tokenizer({'tokenizer': 'char', 'itos': itos})
     return write_text(out, encode(train), encode(val), vocab_size=len(itos), tokenizer='char', itos=itos)
 
-def _gpt2():
-    try:
-        import tiktoken
-        return tiktoken.get_encoding('gpt2')
-    except Exception as e:  # offline without a cache raises whatever the HTTP client raised
-        raise DataError(f"tiktoken cannot load the gpt2 encoding ({type(e).__name__}); offline? set TIKTOKEN_CACHE_DIR "
-                        "to a folder holding tiktoken's cache files") from None
-
 def prepare_shakespeare(out, args):
     train, val = _shakespeare_text(args)
-    enc = _gpt2()
+    enc = gpt2_encoding()
     return write_text(out, enc.encode_ordinary(train), enc.encode_ordinary(val), vocab_size=enc.n_vocab, tokenizer='gpt2')
 
 def prepare_openwebtext(out, args):
@@ -287,7 +286,7 @@ def prepare_openwebtext(out, args):
         if not files:
             raise DataError(f"--input: no .parquet files under {args.input}; openwebtext takes a folder holding the "
                             f"dataset's data/train-*.parquet files ({OPENWEBTEXT_HELP})")
-    enc = _gpt2()
+    enc = gpt2_encoding()
     try:  # the parquet builder reads the files directly: no loading script (datasets >= 4 refuses those)
         ds = load_dataset('parquet', data_files={'train': files}, cache_dir=args.cache_dir, num_proc=args.num_proc)
     except Exception as e:  # network and hub errors come in many classes
@@ -417,6 +416,9 @@ def list_image_folder(root, split, classes=None):
     for label, name in enumerate(classes):
         class_dir = os.path.join(split_dir, name)
         files = sorted(os.listdir(class_dir)) if os.path.isdir(class_dir) else []
+        nested = [f for f in files if os.path.isdir(os.path.join(class_dir, f))]
+        if nested:  # read or refused, never dropped: here refused
+            raise DataError(f"{class_dir} holds folders ({', '.join(nested[:3])}); its images must sit in it directly")
         images = [f for f in files if os.path.splitext(f)[1].lower() in extensions]
         if split == 'train' and not images:
             raise DataError(f"{class_dir} holds no images")
@@ -432,9 +434,9 @@ def list_image_folder(root, split, classes=None):
 def decode_image(path, size):
     """An image file as (size, size, 3) uint8 RGB: its shorter side resized to size (bicubic), center-cropped."""
     Image = _pillow()
-    if os.path.getsize(path) == 0:
-        raise DataError(f"{path} is empty")
     try:
+        if os.path.getsize(path) == 0:
+            raise DataError(f"{path} is empty")
         with Image.open(path) as img:
             img.draft('RGB', (size, size))  # JPEG: decode at the smallest 1/2^k scale still >= size (much faster)
             img = img.convert('RGB')  # grayscale, CMYK, palette, alpha -> RGB
@@ -463,7 +465,8 @@ def prepare_imagefolder(out, args):
         raise DataError(f"{args.input}/train has {len(classes)} class folders, not the 1000 wnids (n01440764, ...) of "
                         "ILSVRC-2012; use the imagefolder dataset for other folders")
     splits = {'train': (train_paths, train_y), 'val': (val_paths, val_y)}
-    files = hashlib.sha256('\n'.join(os.path.relpath(p, args.input) for p in train_paths + ['|'] + val_paths).encode()).hexdigest()
+    names = '\n'.join(os.path.relpath(p, args.input) for p in train_paths + ['|'] + val_paths)
+    files = hashlib.sha256(os.fsencode(names)).hexdigest()  # fsencode: a file name need not be UTF-8
     plan = dict(image_size=args.image_size, classes=classes, files=files)
     plan_path, progress_path = os.path.join(out, 'plan.json'), os.path.join(out, 'progress.json')
     if os.listdir(out):  # a stopped run's directory (plan.json is written first): continue it if it prepares the same
@@ -536,6 +539,8 @@ def main(argv=None):
     p.add_argument('--image_size', type=int, default=256,
                    help="imagefolder, imagenet: images are stored at this size (shorter side resized, center crop)")
     args = p.parse_args(argv)
+    if args.out_dir:  # 'link/' would be the directory a symlink points to: judge the link itself
+        args.out_dir = os.path.normpath(args.out_dir)
     try:
         if args.name not in DATASETS:
             raise DataError(f"unknown dataset {args.name!r}; choose one of: {', '.join(DATASETS)}")
@@ -550,6 +555,8 @@ def main(argv=None):
                 json.dump(meta, f, indent=1)
     except DataError as e:
         sys.exit(f"prepare_data.py: error: {' '.join(str(e).split())}")  # always one line
+    except KeyboardInterrupt:
+        sys.exit("prepare_data.py: interrupted; nothing half-written is kept but what a rerun continues from")
     if meta['kind'] == 'text':
         print(f"{args.name}: {meta['tokenizer']} tokenizer, vocab_size {meta['vocab_size']:,}, "
               f"train {meta['train_tokens']:,} tokens, val {meta['val_tokens']:,} tokens -> {out_dir}")

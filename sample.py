@@ -7,6 +7,7 @@ $ python sample.py --init_from=gpt2-xl --start="What is the answer to life, the 
 dataset directory is needed only for image checkpoints.
 """
 import argparse
+import math
 import os
 import sys
 
@@ -14,7 +15,8 @@ import torch
 
 import checkpoint
 from configurator import ConfigError
-from data import GPT2_BPE, DataError, ImageData, eval_sums, get_tokenizer, load_meta
+from checks import DataError
+from data import GPT2_BPE, ImageData, eval_sums, get_tokenizer, load_meta
 from devices import autocast, check_device, check_dtype, default_device, default_dtype
 from model import GPT, GPT2_MODELS, GPTConfig, ViT, ViTConfig
 
@@ -56,6 +58,10 @@ def main(argv=None):
     for name, low in (('num_samples', 1), ('max_new_tokens', 1), ('top_k', 0), ('batch_size', 1)):
         if getattr(args, name) < low:
             fail(f"--{name} must be at least {low}, got {getattr(args, name)}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        fail(f"--temperature must be a number > 0, got {args.temperature} (use --top_k=1 for greedy decoding)")
+    if not 0 <= args.seed < 2 ** 63:
+        fail(f"--seed must be in 0..2**63-1, got {args.seed}")
     try:
         check_device(args.device)
         args.dtype = args.dtype or default_dtype(args.device)
@@ -105,7 +111,13 @@ def main(argv=None):
         print(f"top-1 accuracy on val: {100 * correct / n:.2f}% ({int(n)} images), loss {loss_sum / n:.4f}")
         return
 
-    encode, decode = get_tokenizer(meta)
+    if meta['vocab_size'] > model.config.vocab_size:
+        fail(f"the model knows {model.config.vocab_size} tokens, its tokenizer {meta['vocab_size']}: --data_dir "
+             "holds another dataset than the one it was trained on")
+    try:
+        encode, decode = get_tokenizer(meta)
+    except DataError as e:
+        fail(e)
     start = args.start
     if start.startswith('FILE:'):
         try:
@@ -113,14 +125,14 @@ def main(argv=None):
                 start = f.read()
         except OSError as e:
             fail(f"cannot read the prompt file {start[5:]}: {e.strerror}")
+        except UnicodeDecodeError:
+            fail(f"the prompt file {start[5:]} is not UTF-8 text")
     try:
         start_ids = encode(start)
     except ValueError as e:
         fail(f"the prompt has {e}")
     if not start_ids:
         fail("the prompt is empty; give at least one token with --start")
-    if args.temperature <= 0:
-        fail(f"--temperature must be > 0, got {args.temperature} (use --top_k=1 for greedy decoding)")
     if model.config.vocab_size > meta['vocab_size']:  # a padded vocabulary: never sample the padding ids
         pad = torch.arange(meta['vocab_size'], model.config.vocab_size, device=args.device)
         model.lm_head.register_forward_hook(lambda module, inputs, logits: logits.index_fill(-1, pad, float('-inf')))

@@ -71,3 +71,10 @@ def test_profile_writes_a_chrome_trace(tmp_path):
     assert 'Self CPU' in out and f'chrome trace written to {trace}' in out
     assert json.loads(trace.read_text())['traceEvents']
 
+
+
+def test_host_time_of_an_iteration():
+    out = bench('config/dnt_gpt2.py', '--host=True')
+    assert re.fullmatch(r"host: [\d.]+ ms an iteration to draw and copy 40 micro-batches of 2 x 16 tokens to cpu "
+                        r"\(median of 3\)\n", out), out
+    assert 'host: ' in bench('config/dnt_gpt2.py')  # beside a GPT step's time

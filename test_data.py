@@ -381,3 +381,27 @@ def test_eval_batches_have_one_shape_and_count_each_image_once(prepared):
         logits, loss = model(x, y)
     assert n == 6 and correct == (logits.argmax(-1) == y).sum().item()
     assert loss_sum / n == pytest.approx(loss.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize('case, words', [
+    ('nested folder', ['holds folders (deeper)', 'must sit in it directly']),
+    ('symlink to itself', ['loop.jpg cannot be decoded']),
+    ('file name not UTF-8', None),  # read like any other
+])
+def test_imagefolder_odd_entries_are_read_or_refused_in_one_line(folder, tmp_path, case, words):
+    src = tmp_path / 'src'
+    shutil.copytree(folder, src)
+    if case == 'nested folder':
+        os.makedirs(src / 'train' / 'cat' / 'deeper')
+        shutil.copy(folder / 'train' / 'cat' / '00.JPEG', src / 'train' / 'cat' / 'deeper' / 'x.JPEG')
+    elif case == 'symlink to itself':
+        os.symlink('loop.jpg', src / 'train' / 'dog' / 'loop.jpg')
+    else:
+        shutil.copy(folder / 'train' / 'cat' / '00.JPEG', os.path.join(os.fsencode(src / 'train' / 'cat'), b'bad\xff\xfe.jpg'))
+    message = prepare('imagefolder', '--input', src, '--out_dir', tmp_path / 'data', '--image_size', 8, '--num_proc', 1)
+    if words is None:
+        assert message is None and D.load_meta(tmp_path / 'data')['train_size'] == 22  # 21 images and the odd name
+        return
+    assert message.startswith('prepare_data.py: error: ') and '\n' not in message, message
+    assert all(w in message for w in words), message
+    assert not (tmp_path / 'data').exists()

@@ -190,9 +190,9 @@ def test_a_cuda_checkpoint_resumes_on_the_cpu_and_mps_on_mps(monkeypatch):
 
 def test_rng_states_keep_the_devices_generator(monkeypatch):
     monkeypatch.setattr(torch.mps, 'get_rng_state', lambda: torch.ByteTensor([7]))
-    rng = checkpoint.rng_states(torch.Generator(), 'mps', 1)
+    rng = checkpoint.rng_states(torch.Generator().get_state(), 'mps', 1)
     assert rng['mps'] == [torch.ByteTensor([7])] and 'cuda' not in rng
-    assert set(checkpoint.rng_states(torch.Generator(), 'cpu', 1)) == {'data', 'world_size', 'cpu'}
+    assert set(checkpoint.rng_states(torch.Generator().get_state(), 'cpu', 1)) == {'data', 'world_size', 'cpu'}
 
 
 def test_cuda_n_becomes_the_current_device(monkeypatch):

@@ -108,7 +108,7 @@ def test_openwebtext_from_local_parquet(tmp_path, monkeypatch):
     (src / 'data').mkdir(parents=True)
     for k, part in enumerate((docs[:25], docs[25:])):
         pq.write_table(pa.table({'text': part}), src / 'data' / f'train-0000{k}-of-00002.parquet')
-    monkeypatch.setattr(pd, '_gpt2', byte_level_encoding)
+    monkeypatch.setattr(pd, 'gpt2_encoding', byte_level_encoding)
     out = tmp_path / 'data' / 'openwebtext'
     pd.main(['openwebtext', '--input', str(src), '--out_dir', str(out), '--num_proc', '2'])
     meta = load_meta(out)
@@ -172,6 +172,7 @@ def test_download_then_cache(tmp_path, monkeypatch, no_proxy, capsys):
     with pytest.raises(SystemExit, match=r'^prepare_data\.py: error: download of .* failed') as e:
         pd.main(['shakespeare_char', '--out_dir', str(tmp_path / 'c'), '--cache_dir', str(tmp_path / 'cache2')])
     assert '\n' not in str(e.value.code) and not (tmp_path / 'c').exists()
+    assert not (tmp_path / 'cache2').exists()  # no empty download folder either
 
 def test_checksum_mismatch(tmp_path, monkeypatch, no_proxy):
     pytest.importorskip('requests')
@@ -181,8 +182,8 @@ def test_checksum_mismatch(tmp_path, monkeypatch, no_proxy):
         with pytest.raises(SystemExit, match=r'^prepare_data\.py: error: checksum mismatch') as e:
             pd.main(['shakespeare_char', '--out_dir', str(out)])
     assert '\n' not in str(e.value.code)
-    assert not out.exists() and os.listdir(cache) == []  # no dataset and no (partial) download
-    assert os.listdir(out.parent) == ['downloads']
+    assert not out.exists() and not cache.exists()  # no dataset, no (partial) download, no empty download folder
+    assert os.listdir(out.parent) == []
 
 # ----------------------------------------------------------------------------------------
 # CIFAR-10: a tiny archive in the real layout
@@ -363,6 +364,9 @@ def _setup(tmp_path, case):
     if case in inputs:
         (tmp_path / case).write_bytes(inputs[case])
         return ['shakespeare_char', '--input', tmp_path / case, '--out_dir', sc], None
+    os.symlink(sc, tmp_path / 'link_ds')
+    if case == 'symlink_slash':  # 'link_ds/' names the directory the link points to: the link is what is judged
+        return ['shakespeare_char', '--input', src, '--out_dir', f'{tmp_path / "link_ds"}/'], None
     out_dir, cwd = {'unrelated_dir': (tmp_path / 'mydata', None), 'dataset_plus_file': (tmp_path / 'data' / 'sc_plus', None),
                     'out_dir_is_file': (clone / 'train.py', None), 'cwd': ('.', clone), 'parent_of_cwd': ('..', clone / 'sub'),
                     'cwd_absolute': (clone, clone)}[case]
@@ -378,6 +382,7 @@ def _setup(tmp_path, case):
     ('cwd', ['working directory']),
     ('parent_of_cwd', ['working directory']),
     ('cwd_absolute', ['working directory']),
+    ('symlink_slash', ['link_ds exists and is not a directory']),
 ])
 def test_refuses_and_changes_nothing(tmp_path, case, words):
     args, cwd = _setup(tmp_path, case)

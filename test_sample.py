@@ -212,9 +212,31 @@ def test_missing_checkpoint_fails_cleanly(tmp_path, capsys):
     ([], 'truncated', 'is not a readable checkpoint'),
     ([], 'empty', 'is not a readable checkpoint'),
     ([], 'foreign', 'is not a checkpoint of train.py (it lacks model, model_args'),
-], ids=['top_k', 'max_new_tokens', 'num_samples', 'dtype', 'device=gpu', 'device=cuda', 'corrupted', 'truncated', 'empty', 'foreign'])
-def test_bad_input_fails_in_one_line(text_run, capsys, tmp_path, args, ckpt, words):
+    (['--temperature=nan'], None, '--temperature must be a number > 0, got nan'),
+    (['--seed=18446744073709551616'], None, '--seed must be in 0..2**63-1'),
+    (['--start=FILE:BINARY'], None, 'is not UTF-8 text'),
+    (['--data_dir=BPE'], None, 'the model knows'),
+    (['--data_dir=BPE', 'NO_TIKTOKEN'], 'bpe_meta', 'tiktoken cannot load the gpt2 encoding'),
+], ids=['top_k', 'max_new_tokens', 'num_samples', 'dtype', 'device=gpu', 'device=cuda', 'corrupted', 'truncated', 'empty', 'foreign',
+        'temperature=nan', 'seed', 'binary prompt file', 'BPE data for a char model', 'no tiktoken cache'])
+def test_bad_input_fails_in_one_line(text_run, capsys, tmp_path, monkeypatch, args, ckpt, words):
     out_dir, _ = text_run
+    (tmp_path / 'binary').write_bytes(bytes(range(256)))
+    bpe = tmp_path / 'bpe'  # nanoGPT's GPT-2 BPE files: a vocabulary of 50257, the char model's is 28
+    bpe.mkdir()
+    for split in ('train', 'val'):
+        np.zeros(64, dtype=np.uint16).tofile(bpe / f'{split}.bin')
+    args = [a.replace('BINARY', str(tmp_path / 'binary')).replace('BPE', str(bpe)) for a in args if a != 'NO_TIKTOKEN']
+    if ckpt == 'bpe_meta':  # a GPT-2 BPE checkpoint where tiktoken has no cache and no network
+        stored = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True)
+        stored['meta'] = {'kind': 'text', 'tokenizer': 'gpt2', 'vocab_size': 50257}
+        stored['model_args']['vocab_size'] = 50304
+        for k in ('lm_head.weight', 'transformer.wte.weight'):
+            stored['model'][k] = torch.zeros(50304, stored['model_args']['n_embd'])
+        torch.save(stored, tmp_path / 'ckpt.pt')
+        args = [a for a in args if not a.startswith('--data_dir')]
+        monkeypatch.setattr('tiktoken.get_encoding', lambda name: (_ for _ in ()).throw(ConnectionError('offline')))
+        out_dir, ckpt = str(tmp_path), None
     if ckpt:
         good = open(os.path.join(out_dir, 'ckpt.pt'), 'rb').read()
         if ckpt == 'foreign':

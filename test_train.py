@@ -307,6 +307,38 @@ def test_resume_is_exact(lm_runs, opt):
     assert a['best_val_loss'] == b['best_val_loss']
 
 
+
+def test_resume_is_exact_when_logging_every_few_iterations(text_data, tmp_path):
+    """The loop reads the loss (a sync with the device) only every log_interval iterations and draws each
+    iteration's batches before the update of the one before: resume still continues exactly."""
+    cfg = dict(LM['msgdw'], log_interval=4, eval_interval=6)
+    train(tmp_path / 'straight', text_data, max_iters=12, **cfg)
+    train(tmp_path / 'resumed', text_data, max_iters=6, **cfg)
+    resume(tmp_path / 'resumed', '--max_iters=12')
+    la, lb = read_log(tmp_path / 'straight'), read_log(tmp_path / 'resumed')
+    assert [i for i, _ in train_losses(la)] == [4, 8, 12] and train_losses(la) == train_losses(lb)
+    assert val_losses(la) == val_losses(lb)
+    assert_same_weights(load_ckpt(tmp_path / 'straight')['model'], load_ckpt(tmp_path / 'resumed')['model'], atol=0)
+
+
+def test_a_signal_mid_run_resumes_bit_for_bit_on_text_that_is_not_repetitive(tmp_path):
+    """What docs/training.md claims for this project's CPUs: text from a random source (no period to learn),
+    evals every 4 iterations, SIGTERM mid-run, then resume: the log and weights of the straight run, exactly."""
+    rng = np.random.default_rng(0)
+    words = [''.join(rng.choice(list('abcdefghijklmnopqrstuvwxyz'), rng.integers(1, 9))) for _ in range(300)]
+    (tmp_path / 'input.txt').write_text(' '.join(rng.choice(words, 6000)) + '\n')
+    prepare('shakespeare_char', '--input', tmp_path / 'input.txt', '--out_dir', tmp_path / 'data')
+    cfg = dict(LM['msgdw'], eval_interval=4, lr_decay_iters=100000)
+    code, _, stderr = run_until_signal(tmp_path / 'stopped', tmp_path / 'data', 5, signal.SIGTERM, **cfg)
+    assert code == 0, stderr
+    stopped_at = load_ckpt(tmp_path / 'stopped')['iter_num']
+    max_iters = 4 * (stopped_at // 4 + 3)
+    resume(tmp_path / 'stopped', f'--max_iters={max_iters}')
+    train(tmp_path / 'straight', tmp_path / 'data', max_iters=max_iters, **cfg)
+    a, b = read_log(tmp_path / 'straight'), read_log(tmp_path / 'stopped')
+    assert train_losses(a) == train_losses(b) and val_losses(a) == val_losses(b)
+    assert_same_weights(load_ckpt(tmp_path / 'straight')['model'], load_ckpt(tmp_path / 'stopped')['model'], atol=0)
+
 def test_torchrun_matches_single_process(text_data, tmp_path):
     # two micro-steps per process: the gradients must be synced on the last one, after both are summed
     cfg = dict(gradient_accumulation_steps=4, batch_size=4, max_iters=3, eval_interval=3, learning_rate=1)
@@ -390,10 +422,19 @@ def assert_one_line_error(r, *words):
 def bad_data(tmp_path_factory, text_data):
     """Broken copies of text_data, by name."""
     root, out = tmp_path_factory.mktemp('bad_data'), {}
-    for name in ('short_train', 'bad_ids', 'empty'):
+    metas = {'meta_audio': '{"kind": "audio"}', 'meta_list': '[1, 2]', 'meta_no_vocab': '{"kind": "text", "tokenizer": "char"}',
+             'meta_image_shape': '{"kind": "image", "shape": [32, 32], "num_classes": 2, "mean": [0.5], "std": [0.5]}',
+             'meta_bad_json': '{"kind": "text", ', 'meta_itos': None}
+    for name in ('short_train', 'bad_ids', 'empty', 'odd_bytes', *metas):
         d = out[name] = Path(shutil.copytree(text_data, root / name))
         train_ids = np.fromfile(d / 'train.bin', dtype=np.uint16)
-        if name == 'short_train':
+        if name == 'meta_itos':  # a vocab_size its characters disagree with
+            (d / 'meta.json').write_text(json.dumps({**json.loads((d / 'meta.json').read_text()), 'vocab_size': 1000}))
+        elif name in metas:
+            (d / 'meta.json').write_text(metas[name])
+        elif name == 'odd_bytes':
+            (d / 'train.bin').write_bytes((d / 'train.bin').read_bytes() + b'\x00')
+        elif name == 'short_train':
             train_ids[:10].tofile(d / 'train.bin')
         elif name == 'bad_ids':
             train_ids[100] = 60000
@@ -433,6 +474,24 @@ BAD_INPUTS = [  # (case, arguments, words of the message); every case runs on a 
     ('checkpoint empty', RESUME + ['CKPT=empty'], ['not a readable checkpoint']),
     ('resume past max_iters', RESUME + [f'--max_iters={N - 1}'], [f'is at iter {N}, past max_iters ({N - 1})']),
     ('resume with another model', RESUME + ['--n_layer=2'], ['n_layer=1 there, 2 asked']),
+    # numbers that are not
+    ('learning_rate=1e999', SCRATCH + ['--learning_rate=1e999'], ['learning_rate must be a finite number, got inf']),
+    ('nan in a config file', SCRATCH + ['CONFIG=learning_rate = float("nan")'], ['learning_rate must be a finite number']),
+    ('grad_clip nan', SCRATCH + ['CONFIG=grad_clip = float("nan")'], ['grad_clip must be a finite number']),
+    ('min_lr nan', SCRATCH + ['CONFIG=min_lr = float("nan")'], ['min_lr must be a finite number']),
+    ('weight_decay nan on resume', RESUME + ['CONFIG=weight_decay = float("nan")'], ['weight_decay must be a finite number']),
+    ('seed 2**64', SCRATCH + ['--seed=18446744073709551616'], ['seed must be in 0..']),
+    ('a model larger than memory', SCRATCH + ['--n_embd=10000000', '--n_head=1'], ['GiB of float32 weights', 'memory']),
+    ('out_dir empty', SCRATCH + ['--out_dir='], ['out_dir is empty']),
+    # meta.json and token files
+    ('meta.json of kind audio', SCRATCH + ['DATA=meta_audio'], ['meta.json does not describe a dataset', "not 'text' or 'image'"]),
+    ('meta.json a list', SCRATCH + ['DATA=meta_list'], ['meta.json does not describe a dataset']),
+    ('meta.json without vocab_size', SCRATCH + ['DATA=meta_no_vocab'], ['needs a vocab_size']),
+    ('meta.json image shape of 2', SCRATCH + ['DATA=meta_image_shape'], ['needs shape [H, W, C]']),
+    ('meta.json not JSON', SCRATCH + ['DATA=meta_bad_json'], ['meta.json is not readable JSON']),
+    ('meta.json vocab_size against itos', SCRATCH + ['DATA=meta_itos'], ['its itos has', 'its vocab_size is 1000']),
+    ('train.bin of an odd byte count', SCRATCH + ['DATA=odd_bytes'], ['an odd number', 'not uint16']),
+    ('checkpoint with code in it', RESUME + ['CKPT=malicious'], ['was refused', 'could run code']),
 ]
 
 
@@ -450,10 +509,13 @@ def test_bad_input_changes_nothing(lm_runs, text_data, bad_data, tmp_path, case,
         elif kind == 'CKPT':
             ckpt = tmp_path / 'out' / 'ckpt.pt'
             good = ckpt.read_bytes()
-            ckpt.write_bytes({'corrupted': b'\x00' * 64 + good[64:], 'truncated': good[:len(good) // 2], 'empty': b''}[value])
-        elif kind == 'BAD_CONFIG':
-            (tmp_path / 'bad_config.py').write_text("batch_size = (8\n")
-            argv.append(str(tmp_path / 'bad_config.py'))
+            if value == 'malicious':  # a pickle that names a function: loading it would call code
+                torch.save({**torch.load(ckpt, weights_only=True), 'hook': print}, ckpt)
+            else:
+                ckpt.write_bytes({'corrupted': b'\x00' * 64 + good[64:], 'truncated': good[:len(good) // 2], 'empty': b''}[value])
+        elif kind in ('BAD_CONFIG', 'CONFIG'):
+            (tmp_path / 'config.py').write_text(value if kind == 'CONFIG' else "batch_size = (8\n")
+            argv.append(str(tmp_path / 'config.py'))
         else:
             argv.append(a)
     before = snapshot(tmp_path / 'out', data)
@@ -515,7 +577,8 @@ def test_eval_only_writes_nothing(lm_runs, text_data, tmp_path):
     r = resume(out, '--eval_only=True')
     val = [v for i, v in val_losses(read_log(out)) if i == N][0]
     assert f"step {N}: train_loss" in r.stdout and f"val_loss {val:.4f}" in r.stdout  # the checkpoint's eval, again
-    train(out, text_data, '--eval_only=True', **LM['msgdw'])  # scratch: a fresh model, next to a checkpoint
+    r = train(out, text_data, '--eval_only=True', check=False, **LM['msgdw'])  # scratch next to a checkpoint
+    assert_one_line_error(r, 'holds a run', '--init_from=resume --eval_only=True')  # not a fresh model's eval
     assert snapshot(out) == before
 
 
@@ -577,6 +640,53 @@ def test_interrupted_checkpoint_write_keeps_the_last_one(lm_runs, tmp_path, mode
         assert len(r.stderr.strip().splitlines()) == 1 and not list(out.glob('*.tmp'))
     resume(out, f'--max_iters={N + 2}')  # the run goes on from iter N
     assert load_ckpt(out)['iter_num'] == N + 2 and not list(out.glob('*.tmp'))
+
+# ----------------------------------------------------------------------------------------
+# disk faults, on a small filesystem of their own (tmpfs: needs root, as CI and the dev machines run)
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """mount(size) -> a fresh tmpfs of about `size` bytes; remount(read_only=True); unmounted after the test."""
+    mounts = []
+
+    def mount(size):
+        d = tmp_path / f'fs{len(mounts)}'
+        d.mkdir()
+        pages = -(-size // 4096)
+        if os.geteuid() != 0 or subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={pages * 4096}', 'tmpfs', str(d)],
+                                               capture_output=True).returncode != 0:
+            pytest.skip("needs root and tmpfs to make a small filesystem")
+        mounts.append(d)
+        return d
+
+    yield mount
+    for d in mounts:
+        subprocess.run(['umount', str(d)], capture_output=True)
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_tmp(lm_runs, small_fs):
+    half = lm_runs('msgdw') / 'half'
+    used = sum(p.stat().st_size for p in half.iterdir())
+    out = Path(shutil.copytree(half, small_fs(used + (half / 'ckpt.pt').stat().st_size // 2) / 'out'))
+    before = snapshot(out)
+    r = resume(out, f'--max_iters={N + 1}', check=False)
+    assert_one_line_error(r, 'cannot save the checkpoint', 'bytes free there', 'still holds the last one')
+    after = snapshot(out)
+    assert not list(out.glob('*.tmp')) and after[str(out / 'ckpt.pt')] == before[str(out / 'ckpt.pt')]
+
+
+@pytest.mark.parametrize('where', ['resume', 'new subdirectory'])
+def test_a_read_only_disk_is_refused_before_anything(lm_runs, text_data, small_fs, where):
+    fs = small_fs(1 << 20)
+    out = Path(shutil.copytree(lm_runs('msgdw') / 'half', fs / 'out'))
+    subprocess.run(['mount', '-o', 'remount,ro', str(fs)], check=True)
+    before = snapshot(fs)
+    if where == 'resume':
+        r = resume(out, f'--max_iters={N + 2}', check=False)
+    else:
+        r = train(fs / 'new' / 'run', text_data, check=False, max_iters=2, **LM['msgdw'])
+    assert_one_line_error(r, 'cannot write to', 'read-only')
+    assert snapshot(fs) == before
 
 def run_until_signal(out_dir, data_dir, n_losses, sig, **cfg):
     """Start a long run, send `sig` once its log has n_losses training losses; (returncode, stdout, stderr)."""

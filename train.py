@@ -21,7 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint
 import checks
 from configurator import ConfigError, report_errors
-from data import DataError, ImageData, TextData, eval_sums, load_meta
+from checks import DataError
+from data import ImageData, TextData, eval_sums, load_meta
 from devices import autocast, default_device, set_current
 from diagnostics import grad_stats
 from model import GPT, GPTConfig, ViT, ViTConfig
@@ -219,7 +220,7 @@ def diverged(what, value):
 def save_checkpoint():
     """The state after iteration iter_num; `evaluated` says whether its eval has run, `log_bytes` how much
     of log.jsonl belongs to it (a resume cuts what a killed run wrote after)."""
-    rng = checkpoint.rng_states(data_gen, device, world_size)  # every process takes part
+    rng = checkpoint.rng_states(data_state, device, world_size)  # every process takes part
     if master_process:
         checkpoint.save(ckpt_path, dict(
             model=raw_model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
@@ -262,7 +263,19 @@ stop_requested = checkpoint.stop_on_signals()  # SIGTERM or SIGINT: finish the s
 # ----------------------------------------------------------------------------------------
 # training loop
 
-t0 = time.time()
+# the host stays ahead of the device: it draws an iteration's batches while the device runs the backward pass
+# of the one before, and waits for the device only at log_interval (loss, stop request) and at evals
+rows = slice(rank * accum_steps, (rank + 1) * accum_steps)  # this process's micro-batches of each iteration
+
+
+def next_batches():
+    """The next iteration's micro-batches, and the data generator's state before their draw (a checkpoint's)."""
+    state = data_gen.get_state()
+    return data.get_batches('train', gradient_accumulation_steps, rows, data_gen), state
+
+
+batches, data_state = next_batches()
+t0, last_logged = time.time(), iter_num
 running_mfu = -1.0
 while True:
     lr = get_lr(iter_num)
@@ -286,8 +299,7 @@ while True:
 
     # forward, backward, update; DDP syncs the gradients on the last micro-step only
     loss_sum = torch.zeros((), device=device)
-    rows = slice(rank * accum_steps, (rank + 1) * accum_steps)  # this process's micro-batches of the iteration
-    for micro_step, (x, y) in enumerate(data.get_batches('train', gradient_accumulation_steps, rows, data_gen)):
+    for micro_step, (x, y) in enumerate(batches):
         if ddp:
             model.require_backward_grad_sync = micro_step == accum_steps - 1
         with ctx:
@@ -295,6 +307,7 @@ while True:
             loss = loss / accum_steps  # the gradient is the mean over micro-steps
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
+    batches, data_state = next_batches()  # on the host, while the device computes
     scaler.unscale_(opt)
     if grad_stats_interval and iter_num % grad_stats_interval == 0 and master_process:
         write_log(dict(iter=iter_num, grad_stats=grad_stats(raw_model)))
@@ -306,15 +319,16 @@ while True:
     iter_num += 1
     evaluated = False
 
-    # one small all-reduce per iteration: every process sees the same mean loss and stop request
-    stop_flag = torch.tensor(float(bool(stop_requested)), device=device)
-    reduced = all_reduce_sum(torch.stack([loss_sum.float(), stop_flag]))
-    train_loss, stop = reduced[0].item() / world_size, reduced[1].item() > 0
-    if not math.isfinite(train_loss):
-        raise diverged('loss', train_loss)
-    t1 = time.time()
-    dt, t0 = t1 - t0, t1
+    # every log_interval iterations, one small all-reduce: every process sees the same mean loss and stop request
+    stop = bool(stop_requested) and not ddp  # one process stops at once; DDP processes agree at the next log
     if iter_num % log_interval == 0:
+        stop_flag = torch.tensor(float(bool(stop_requested)), device=device)
+        reduced = all_reduce_sum(torch.stack([loss_sum.float(), stop_flag]))
+        train_loss, stop = reduced[0].item() / world_size, reduced[1].item() > 0
+        if not math.isfinite(train_loss):
+            raise diverged('loss', train_loss)
+        t1 = time.time()
+        dt, t0, last_logged = (t1 - t0) / (iter_num - last_logged), t1, iter_num  # per iteration, since the last log
         throughput = data.samples_per_micro_step * accum_steps * world_size / dt
         mfu = raw_model.estimate_mfu(accum_steps * batch_size, dt)
         if mfu is not None:
