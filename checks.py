@@ -103,6 +103,20 @@ def check_values(config):
             raise ConfigError("wandb_log=True needs wandb: pip install wandb") from None
 
 
+def check_sample_args(args):
+    """sample.py's arguments; its dtype, when not given, follows the device."""
+    for name, low in (('num_samples', 1), ('max_new_tokens', 1), ('top_k', 0), ('batch_size', 1)):
+        if getattr(args, name) < low:
+            raise ConfigError(f"--{name} must be at least {low}, got {getattr(args, name)}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ConfigError(f"--temperature must be a number > 0, got {args.temperature} (use --top_k=1 for greedy decoding)")
+    if not 0 <= args.seed < 2 ** 63:
+        raise ConfigError(f"--seed must be in 0..2**63-1, got {args.seed}")
+    check_device(args.device)
+    args.dtype = args.dtype or default_dtype(args.device)
+    check_dtype(args.device, args.dtype)
+
+
 def check_writable(out_dir):
     """out_dir, or the nearest folder above it that exists (where it will be made), takes new files."""
     existing = os.path.abspath(out_dir)

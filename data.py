@@ -9,12 +9,10 @@ A dataset directory (written by prepare_data.py), and the batches train.py draws
                 (per channel, of the train pixels / 255), "train_size", "val_size"}
 A directory with train.bin and val.bin and no meta.json is nanoGPT's format (GPT-2 BPE tokens).
 
-TextData and ImageData give train.py the same interface:
-    get_batches(split, n_total, rows, gen) -> [(x, y)] on the device, one per micro-step
-    eval_splits, eval_batches(split, rank, world_size) -> this process's eval batches
-    unit ('tok' | 'img'), samples_per_micro_step
-One generator, seeded alike on every process, draws each iteration's n_total micro-batches;
-each process keeps its rows of them, so N processes see the data of one process accumulating N times.
+TextData and ImageData share one interface: get_batches(split, n_total, rows, gen) -> [(x, y)], one per
+micro-step, and eval_batches(split, rank, world_size). One generator, seeded alike on every process, draws
+an iteration's n_total micro-batches; each process keeps its rows, so N processes train like one process
+accumulating N times.
 """
 import json
 import os

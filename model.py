@@ -13,12 +13,10 @@ What each norm removes from the Jacobians (a norm's Jacobian scales as 1/||input
 - InputNorm: the scale of the embedding x0, which the residual stream carries into every later norm.
 - PreNorm: the token norms of the residual stream from the attention Jacobian (and W_q, W_k, W_v grads).
 - QKNorm: the magnitudes of W_q and W_k from the attention logits and their gradients.
-- MidNorm: the magnitudes of W_v, W_o and W_2 (c_attn's v part, attn.c_proj, mlp.c_proj): the sub-block's
-  output is linear in each, so the norm after it divides their scale out. Not W_1 (mlp.c_fc): GELU is not
-  homogeneous, so the scale of c_fc changes what the MLP computes.
-With RMSNorm that invariance is exact; LayerNorm's eps (1e-5) makes it approximate while activations are
-small (narrow models at init). Those weights' scale then sets only their effective step (lr / ||W||^2),
-which decoupled weight decay bounds: momentum SGD (mSGDW, optim.py) trains them with one global lr.
+- MidNorm: the magnitudes of W_v, W_o and W_2 (the sub-block is linear in each). Not W_1 (mlp.c_fc): GELU
+  is not homogeneous. Exact with RMSNorm; LayerNorm's eps makes it approximate while activations are small.
+Those weights' scale sets only their effective step (lr / ||W||^2), which decoupled weight decay bounds:
+momentum SGD (mSGDW, optim.py) trains them with one global lr.
 """
 import math
 import os
@@ -188,10 +186,8 @@ class Transformer(nn.Module):
         ))
 
     def init_weights(self):
-        # nanoGPT's init: normal(0.02), and GPT-2's 1/sqrt(2 n_layer) shrink of each residual
-        # output projection to keep the residual stream's variance. Under MidNorm that scale
-        # cancels in the forward pass and would only enlarge those weights' effective step
-        # (lr / ||W||^2), so DNT keeps 0.02 there.
+        # nanoGPT's init, normal(0.02), with GPT-2's 1/sqrt(2 n_layer) shrink of the residual projections; under
+        # MidNorm that shrink cancels in the forward pass and only enlarges their effective step: DNT keeps 0.02
         proj_std = 0.02 if self.config.mid_norm else 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d)):
@@ -214,9 +210,8 @@ class Transformer(nn.Module):
 
     def configure_optimizers(self, optimizer, learning_rate, weight_decay, betas=(0.9, 0.95),
                              momentum=0.9, nesterov=False, device_type='cpu'):
-        # decay every matrix (Linear, Embedding, Conv2d): it bounds the scale of the scale-invariant
-        # weights, which is what sets their effective step. Vectors (norm gains, biases, the cls
-        # token) are no such weights and are left alone.
+        # decay every matrix (Linear, Embedding, Conv2d): it bounds the scale of the scale-invariant weights,
+        # which sets their effective step; vectors (norm gains, biases, the cls token) are left alone
         params = [p for p in self.parameters() if p.requires_grad]
         fused = fused_kernels(device_type)  # one kernel for all tensors (CUDA)
         if optimizer == 'muon':  # the blocks' matrices to Muon, the rest (embeddings, head, vectors) to AdamW
@@ -271,11 +266,9 @@ class GPT(Transformer):
 
     @classmethod
     def from_pretrained(cls, name, dropout=0.0, **norms):
-        """OpenAI's GPT-2 weights (one of GPT2_MODELS, from the Hugging Face hub or its cache), or a
-        GPT2LMHeadModel saved in a local directory, in the standard preset: bias on, GPT-2's vocabulary
-        (50257) and context. `norms` (preset, norm, the switches) may only ask for that model: GPT-2
-        has no weights for DNT's extra norms. Needs Hugging Face transformers, imported only here.
-        As in nanoGPT, the MLP uses the exact GELU where GPT-2 used its tanh approximation."""
+        """OpenAI's GPT-2 weights (GPT2_MODELS, or a saved GPT2LMHeadModel's directory) in the standard preset,
+        the only one they fit: `norms` may not ask for DNT's extra norms. Needs transformers. As in nanoGPT,
+        the MLP uses the exact GELU where GPT-2 used its tanh approximation."""
         if name not in GPT2_MODELS and not os.path.isdir(name):
             raise ValueError(f"unknown pretrained model {name!r}; choose one of {', '.join(GPT2_MODELS)} "
                              "or a directory saved by transformers' GPT2LMHeadModel.save_pretrained")
@@ -297,8 +290,7 @@ class GPT(Transformer):
         c = hf.config
         model = cls(GPTConfig(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions,
                               vocab_size=c.vocab_size, bias=True, dropout=dropout, preset='standard'))
-        # the same keys as here, less the causal-mask buffers older transformers keep; GPT-2's Conv1D
-        # stores its weight as (in, out), nn.Linear as (out, in)
+        # our keys, less older transformers' causal-mask buffers; Conv1D stores (in, out), nn.Linear (out, in)
         conv1d = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
         model.load_state_dict({k: v.t() if k.endswith(conv1d) else v for k, v in hf.state_dict().items()
                                if not k.endswith(('.attn.bias', '.attn.masked_bias'))})

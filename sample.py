@@ -7,7 +7,6 @@ $ python sample.py --init_from=gpt2-xl --start="What is the answer to life, the 
 dataset directory is needed only for image checkpoints.
 """
 import argparse
-import math
 import os
 import sys
 
@@ -15,9 +14,9 @@ import torch
 
 import checkpoint
 from configurator import ConfigError
-from checks import DataError
+from checks import DataError, check_sample_args
 from data import GPT2_BPE, ImageData, eval_sums, get_tokenizer, load_meta
-from devices import autocast, check_device, check_dtype, default_device, default_dtype
+from devices import autocast, default_device
 from model import GPT, GPT2_MODELS, GPTConfig, ViT, ViTConfig
 
 
@@ -55,17 +54,8 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     fail = lambda message: sys.exit(f"sample.py: error: {message}")
-    for name, low in (('num_samples', 1), ('max_new_tokens', 1), ('top_k', 0), ('batch_size', 1)):
-        if getattr(args, name) < low:
-            fail(f"--{name} must be at least {low}, got {getattr(args, name)}")
-    if not (math.isfinite(args.temperature) and args.temperature > 0):
-        fail(f"--temperature must be a number > 0, got {args.temperature} (use --top_k=1 for greedy decoding)")
-    if not 0 <= args.seed < 2 ** 63:
-        fail(f"--seed must be in 0..2**63-1, got {args.seed}")
     try:
-        check_device(args.device)
-        args.dtype = args.dtype or default_dtype(args.device)
-        check_dtype(args.device, args.dtype)
+        check_sample_args(args)  # and fills in the dtype, which follows the device
     except ConfigError as e:
         fail(e)
     torch.manual_seed(args.seed)
