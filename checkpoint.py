@@ -79,12 +79,12 @@ def rng_states(data_state, device, world_size):
 # resume
 
 
-def restore(checkpoint, path, model, model_args, optimizer, scaler, data_gen, config, rank, world_size, log):
-    """Load a checkpoint into the model, optimizer, GradScaler and generators of a resumed run;
+def restore(checkpoint, path, model, ema, model_args, optimizer, scaler, data_gen, config, rank, world_size, log):
+    """Load a checkpoint into the model, its EMA, optimizer, GradScaler and generators of a resumed run;
     returns (iter_num, best_val_loss, evaluated)."""
-    # the resolved switches are compared, not the preset's name; dropout may change between runs
+    # the resolved switches are compared, not the preset's name; dropout and drop_path may change between runs
     changed = {k: (v, model_args.get(k)) for k, v in checkpoint['model_args'].items()
-               if model_args.get(k) != v and k not in ('preset', 'dropout')}
+               if model_args.get(k) != v and k not in ('preset', 'dropout', 'drop_path')}
     if changed:
         raise ConfigError(f"{path} holds a different model: "
                           + ', '.join(f"{k}={a!r} there, {b!r} asked" for k, (a, b) in changed.items())
@@ -94,6 +94,11 @@ def restore(checkpoint, path, model, model_args, optimizer, scaler, data_gen, co
     except RuntimeError as e:
         detail = ' '.join(str(e).split())[:300]  # the missing, unexpected or misshapen keys
         raise ConfigError(f"{path}: its weights do not fit its model_args ({detail})") from None
+    if ema is not None and checkpoint.get('ema'):
+        ema.load_state_dict(checkpoint['ema'])
+    elif ema is not None:
+        ema.update_parameters(model)  # its first update copies the weights
+        log(f"resume: {path} holds no EMA of the weights; it starts from the weights at iter {checkpoint['iter_num']}")
     name, stored = config['optimizer'], checkpoint['config'].get('optimizer')
     if config['reset_optimizer']:
         log(f"resume: a fresh {name} optimizer state (reset_optimizer=True)")

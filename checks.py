@@ -19,7 +19,7 @@ INVOCATION = ('out_dir', 'init_from', 'eval_only', 'overwrite', 'reset_optimizer
 AT_LEAST = dict(batch_size=1, gradient_accumulation_steps=1, eval_interval=1, log_interval=1, eval_iters=1,
                 max_iters=0, warmup_iters=0, lr_decay_iters=0, grad_stats_interval=0, vocab_size=0, crop_padding=0,
                 learning_rate=0, min_lr=0, weight_decay=0, grad_clip=0)
-FRACTIONS = ('momentum', 'beta1', 'beta2', 'label_smoothing')  # each in [0, 1)
+FRACTIONS = ('momentum', 'beta1', 'beta2', 'label_smoothing', 'color_jitter', 'random_erasing', 'ema_decay')  # each in [0, 1)
 
 
 def resolve(defaults, argv):

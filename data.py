@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from checks import DataError, check_image_options, check_image_split, check_meta, check_token_files
 from devices import pin_memory
-from imagenet import Stream, draw_mixes, mix, rrc_boxes, resized_crops
+from imagenet import (Stream, color_jitter, draw_erasing, draw_mixes, draw_three_augment, mix, random_erasing,
+                      resized_crops, rrc_boxes, three_augment)
 
 DATASET_FILES = {'text': {'meta.json', 'train.bin', 'val.bin'},  # by meta['kind']: all that a dataset directory holds
                  'image': {'meta.json', 'train_x.npy', 'train_y.npy', 'val_x.npy', 'val_y.npy'}}
@@ -143,19 +144,21 @@ def padded_crops(x, shifts, flips, size, padding):
 
 class ImageData:
     """Images trained at image_size (crop='pad': a random crop of the zero-padded image, the CIFAR recipe;
-    'rrc': random-resized-crop, the ImageNet one), flipped, then mixed (mixup / CutMix); evaluated on the
-    center crop of that size."""
+    'rrc': random-resized-crop, the ImageNet one), flipped, 3-Augmented and color-jittered, normalized,
+    randomly erased, then mixed (mixup / CutMix); evaluated on the center crop of that size."""
     unit = 'img'
     eval_splits = ('val',)
 
     def __init__(self, data_dir, meta, device, batch_size, image_size=0, augment=True, crop='pad', crop_padding=4,
-                 rrc_min_scale=0.08, flip=True, mixup=0.0, cutmix=0.0, stream=False, data_workers=4):
+                 rrc_min_scale=0.08, flip=True, mixup=0.0, cutmix=0.0, stream=False, data_workers=4,
+                 three_augment=False, color_jitter=0.0, random_erasing=0.0):
         H, W, C = meta['shape']
         self.stored, self.size = (H, W), image_size or H
         check_image_options(data_dir, meta, image_size, crop, rrc_min_scale, mixup, cutmix, data_workers)
         self.device, self.batch_size, self.augment = device, batch_size, augment
         self.crop, self.crop_padding, self.rrc_min_scale = crop, crop_padding, rrc_min_scale
         self.flip, self.mixup, self.cutmix = flip, mixup, cutmix
+        self.three_augment, self.color_jitter, self.random_erasing = three_augment, color_jitter, random_erasing
         self.num_classes, self.samples_per_micro_step = meta['num_classes'], batch_size
         self.images = {}
         for split in ('train', 'val'):
@@ -183,31 +186,44 @@ class ImageData:
             crops = torch.randint(H + 2 * self.crop_padding - S + 1, (n_total, B, 2), generator=gen)
         else:
             crops = rrc_boxes(n_total * B, H, W, self.rrc_min_scale, gen).view(n_total, B, 4)
-        flips = (torch.rand((n_total, B), generator=gen) < 0.5) & self.flip
-        mixes = [None] * n_total
+        draws = dict(crops=crops, flips=(torch.rand((n_total, B), generator=gen) < 0.5) & self.flip)
+        # each augmentation that is off draws nothing: the batches of the others stay as they were
+        if self.three_augment:
+            draws['three'] = draw_three_augment((n_total, B), gen)
+        if self.color_jitter > 0:
+            jitter = self.color_jitter
+            draws['jitter'] = torch.empty(n_total, B, 3).uniform_(1 - jitter, 1 + jitter, generator=gen)
+        if self.random_erasing > 0:
+            draws['erase'] = draw_erasing(n_total, B, S, S, self.random_erasing, gen)
         if self.mixup > 0 or self.cutmix > 0:
-            mixes = draw_mixes(n_total, self.mixup, self.cutmix, gen)
-        return [(self.read(split, i), i, c, f, m)
-                for i, c, f, m in zip(ix[rows], crops[rows], flips[rows], mixes[rows])]
+            draws['mix'] = draw_mixes(n_total, self.mixup, self.cutmix, gen)
+        row_draws = lambda r: {k: tuple(t[r] for t in v) if isinstance(v, tuple) else v[r] for k, v in draws.items()}
+        return [(self.read(split, ix[r]), ix[r], row_draws(r)) for r in range(n_total)[rows]]
 
     def get_batches(self, split, n_total, rows, gen):
         draw = lambda g: self.draw(split, n_total, rows, g)
         plan = self.stream.plan(draw, (split, n_total, rows), gen) if self.stream else draw(gen)
         y_all = self.images[split][1]
-        return [self.augment_batch(wait(), y_all[i.to(self.device)], c, f, m) for wait, i, c, f, m in plan]
+        return [self.augment_batch(wait(), y_all[i.to(self.device)], draws) for wait, i, draws in plan]
 
-    def augment_batch(self, x, y, crops, flips, mixing):
+    def augment_batch(self, x, y, draws):
         if not self.augment:  # the images as eval sees them
             return self.normalize(center_crop(x, self.size)), y
-        crops, flips = crops.to(self.device), flips.to(self.device)
+        crops, flips = draws['crops'].to(self.device), draws['flips'].to(self.device)
         if self.crop == 'pad':
-            x = padded_crops(x, crops, flips, self.size, self.crop_padding)
+            x = padded_crops(x, crops, flips, self.size, self.crop_padding).float()
         else:
             x = resized_crops(x, crops, flips, self.size)
+        if 'three' in draws:
+            x = three_augment(x, *(t.to(self.device) for t in draws['three']))
+        if 'jitter' in draws:
+            x = color_jitter(x, draws['jitter'].to(self.device))
         x = self.normalize(x)
-        if mixing is None:
+        if 'erase' in draws:
+            x = random_erasing(x, *draws['erase'])
+        if 'mix' not in draws:
             return x, y
-        return mix(x, F.one_hot(y, self.num_classes).float(), *mixing)
+        return mix(x, F.one_hot(y, self.num_classes).float(), *draws['mix'])
 
     def eval_batches(self, split, rank, world_size):
         """All of the split, in order, center-cropped, in batches of batch_size dealt round-robin to the

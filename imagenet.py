@@ -1,7 +1,7 @@
 """
-What the ImageNet recipe adds to data.py's image batches: random-resized crops, mixup / CutMix
-(timm's and DeiT's), and images streamed from the memmapped .npy files by threads while the
-iteration before trains, for sets larger than memory. All of it batched on the device and drawn
+What the ImageNet recipe adds to data.py's image batches: random-resized crops, 3-Augment with color
+jitter (DeiT III's), random erasing, mixup / CutMix (timm's and DeiT's), and images streamed from the
+memmapped .npy files by threads while the iteration before trains, for sets larger than memory. All of it batched on the device and drawn
 from the run's data generator, so that streaming, DDP and resume see the same batches.
 """
 import math
@@ -15,12 +15,12 @@ import torch.nn.functional as F
 # random-resized-crop
 
 
-def rrc_boxes(n, H, W, min_scale, gen, attempts=10):
-    """torchvision's RandomResizedCrop boxes for n images at once: (n, 4) of top, left, height, width.
-    Area min_scale..1 of the image's, aspect ratio 3/4..4/3 (log-uniform); the first of `attempts`
-    draws that fits, else the whole image (torchvision's fallback for an image of ratio 1)."""
-    area = H * W * torch.empty(n, attempts).uniform_(min_scale, 1.0, generator=gen)
-    ratio = torch.empty(n, attempts).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen).exp()
+def random_boxes(n, H, W, scale, log_ratio, gen, attempts=10):
+    """n boxes at once, (n, 4) of top, left, height, width, and whether each fits: area scale[0]..scale[1] of
+    the image's, aspect ratio exp(log_ratio[0]..log_ratio[1]) (log-uniform); the first of `attempts` draws
+    that fits in the image; where none fits, the whole image (torchvision's fallback for an image of ratio 1)."""
+    area = H * W * torch.empty(n, attempts).uniform_(*scale, generator=gen)
+    ratio = torch.empty(n, attempts).uniform_(*log_ratio, generator=gen).exp()
     w, h = (area * ratio).sqrt().round(), (area / ratio).sqrt().round()
     fits = (w >= 1) & (w <= W) & (h >= 1) & (h <= H)
     first = fits.int().argmax(1, keepdim=True)  # the first attempt that fits
@@ -28,7 +28,12 @@ def rrc_boxes(n, H, W, min_scale, gen, attempts=10):
     w = torch.where(fits.any(1), w.gather(1, first)[:, 0], W)
     u = torch.rand(n, 2, generator=gen)
     top, left = (u[:, 0] * (H - h + 1)).floor(), (u[:, 1] * (W - w + 1)).floor()
-    return torch.stack([top, left, h, w], 1).long()
+    return torch.stack([top, left, h, w], 1).long(), fits.any(1)
+
+
+def rrc_boxes(n, H, W, min_scale, gen):
+    """torchvision's RandomResizedCrop boxes: area min_scale..1 of the image's, aspect ratio 3/4..4/3."""
+    return random_boxes(n, H, W, (min_scale, 1.0), (math.log(3 / 4), math.log(4 / 3)), gen)[0]
 
 
 def resized_crops(x, boxes, flips, size):
@@ -42,6 +47,72 @@ def resized_crops(x, boxes, flips, size):
     theta[:, 1, 2] = (2 * top + h) / H - 1
     grid = F.affine_grid(theta, (B, C, size, size), align_corners=False)
     return F.grid_sample(x.float(), grid, mode='bilinear', padding_mode='border', align_corners=False)
+
+# ----------------------------------------------------------------------------------------
+# 3-Augment (DeiT III, Touvron et al. 2022) and random erasing (Zhong et al. 2017; timm's, as DeiT uses it)
+
+
+def draw_three_augment(shape, gen):
+    """Per image: which of grayscale, solarization, Gaussian blur (0, 1, 2), and the blur's sigma, 0.1..2 px at
+    224 px (DeiT III's), in units of the image's width / 224: the same blur at every resolution."""
+    return torch.randint(3, shape, generator=gen), torch.empty(shape).uniform_(0.1 / 224, 2.0 / 224, generator=gen)
+
+
+def gaussian_blur(x, sigma):
+    """Each image (B, C, H, W) blurred with its own sigma (B,) in pixels, up to W / 112: two grouped 1-D
+    convolutions over 3 sigma each side."""
+    B, C, H, W = x.shape
+    radius = math.ceil(3 * W / 112)
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B * C, 2 * radius + 1)
+    x = x.reshape(1, B * C, H, W)  # every image's channel its own group
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode='replicate'), kernel[:, None, None, :], groups=B * C)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode='replicate'), kernel[:, None, :, None], groups=B * C)
+    return x.view(B, C, H, W)
+
+
+def grayscale(x):
+    """ITU-R 601 luma (as torchvision), kept as C channels."""
+    if x.size(1) == 1:
+        return x
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None].expand_as(x)
+
+
+def three_augment(x, choice, sigma):
+    """One of grayscale, solarization (pixels >= 128 inverted) and Gaussian blur (sigma in image widths) per
+    image; x on 0..255."""
+    choice = choice.view(-1, 1, 1, 1)
+    out = torch.where(choice == 0, grayscale(x), torch.where(x >= 128, 255 - x, x))
+    return torch.where(choice == 2, gaussian_blur(x, sigma * x.size(-1)), out)
+
+
+def color_jitter(x, factors):
+    """Brightness, contrast and saturation scaled by factors (B, 3), in this order; x on 0..255."""
+    f = factors.view(-1, 3, 1, 1, 1).unbind(1)
+    x = (x * f[0]).clamp(0, 255)
+    mean = grayscale(x).mean((1, 2, 3), keepdim=True)
+    x = (mean + (x - mean) * f[1]).clamp(0, 255)
+    gray = grayscale(x)
+    return (gray + (x - gray) * f[2]).clamp(0, 255)
+
+
+def draw_erasing(n, B, H, W, prob, gen):
+    """Per micro-batch: which images get a box erased, the boxes (area 2-33 % of the image, aspect ratio 0.3..3.3),
+    and a seed for the noise that fills them."""
+    boxes, fits = random_boxes(n * B, H, W, (0.02, 1 / 3), (math.log(0.3), math.log(1 / 0.3)), gen)
+    erase = (torch.rand(n * B, generator=gen) < prob) & fits
+    return erase.view(n, B), boxes.view(n, B, 4), torch.randint(2 ** 62, (n,), generator=gen)
+
+
+def random_erasing(x, erase, boxes, seed):
+    """Each image with `erase` gets its box filled with normal noise (x is normalized): timm's mode='pixel'."""
+    B, C, H, W = x.shape
+    top, left, h, w = boxes.to(x.device)[:, :, None].unbind(1)  # each (B, 1)
+    rows, cols = torch.arange(H, device=x.device), torch.arange(W, device=x.device)
+    inside = ((rows >= top) & (rows < top + h))[:, :, None] & ((cols >= left) & (cols < left + w))[:, None, :]  # (B, H, W)
+    noise = torch.randn(x.shape, generator=torch.Generator(x.device).manual_seed(int(seed)), device=x.device)
+    return torch.where((inside & erase.to(x.device)[:, None, None])[:, None], noise, x)
 
 # ----------------------------------------------------------------------------------------
 # mixup / CutMix

@@ -50,6 +50,7 @@ class TransformerConfig:
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
+    drop_path: float = 0.0    # stochastic depth: the last block's rate, rising linearly from 0 at the first
     bias: bool = False        # bias in Linears and LayerNorms
     norm: str = 'layernorm'   # 'layernorm' or 'rmsnorm', used at every position
     preset: str = 'standard'  # fills each switch below that is left at None
@@ -61,8 +62,9 @@ class TransformerConfig:
 
     def __post_init__(self):
         self.check_positive('n_layer', 'n_head', 'n_embd')
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for rate in ('dropout', 'drop_path'):
+            if not 0 <= getattr(self, rate) < 1:
+                raise ValueError(f"{rate} must be in [0, 1), got {getattr(self, rate)}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if self.norm not in NORMS:
@@ -151,9 +153,23 @@ class MLP(nn.Module):
     def forward(self, x):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016, as in timm): drops a residual branch for a whole sample with
+    probability `rate` in training, and scales the kept ones by 1 / (1 - rate) so the expected sum is unchanged."""
+
+    def __init__(self, rate):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        keep = x.new_empty(x.size(0), *(1,) * (x.dim() - 1)).bernoulli_(1 - self.rate)  # (B, 1, 1)
+        return x * keep / (1 - self.rate)
+
 class Block(nn.Module):
 
-    def __init__(self, config, causal):
+    def __init__(self, config, causal, drop_path=0.0):
         super().__init__()
         self.ln_1 = norm_layer(config, config.n_embd)
         self.attn = SelfAttention(config, causal)
@@ -161,10 +177,12 @@ class Block(nn.Module):
         self.ln_2 = norm_layer(config, config.n_embd, config.mlp_prenorm)
         self.mlp = MLP(config)
         self.ln_mid_2 = norm_layer(config, config.n_embd, config.mid_norm)
+        # the whole normalized sub-block output is dropped: MidNorm stays inside the branch
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x):
-        x = x + self.ln_mid_1(self.attn(self.ln_1(x)))
-        x = x + self.ln_mid_2(self.mlp(self.ln_2(x)))
+        x = x + self.drop_path(self.ln_mid_1(self.attn(self.ln_1(x))))
+        x = x + self.drop_path(self.ln_mid_2(self.mlp(self.ln_2(x))))
         return x
 
 # ----------------------------------------------------------------------------------------
@@ -181,7 +199,8 @@ class Transformer(nn.Module):
             wpe=nn.Embedding(n_pos, config.n_embd),
             ln_in=norm_layer(config, config.n_embd, config.input_norm),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config, causal) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, causal, config.drop_path * i / max(config.n_layer - 1, 1))
+                             for i in range(config.n_layer)]),
             ln_f=norm_layer(config, config.n_embd, config.final_norm),
         ))
 

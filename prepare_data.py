@@ -39,6 +39,7 @@ import multiprocessing
 import os
 import pickle
 import shutil
+import signal
 import sys
 import tarfile
 import tempfile
@@ -503,7 +504,10 @@ def prepare_imagefolder(out, args):
         x = np.lib.format.open_memmap(os.path.join(out, f'{split}_x.npy'), mode='r+')
         start = done = progress[split]
         jobs = [(p, args.image_size) for p in paths[start:]]
-        with multiprocessing.Pool(args.num_proc) as pool, _progress(len(paths), f"decoding {split}", 'img', start) as bar:
+        # Ctrl-C reaches the workers too: they ignore it, the main process reports it in one line and stops them
+        ignore_sigint = (signal.signal, (signal.SIGINT, signal.SIG_IGN))
+        with multiprocessing.Pool(args.num_proc, *ignore_sigint) as pool, \
+                _progress(len(paths), f"decoding {split}", 'img', start) as bar:
             try:
                 for i, img in enumerate(pool.imap(_decode, jobs, chunksize=16), start):
                     x[i] = img

@@ -1,17 +1,19 @@
 """
 Does DNT let momentum SGD match AdamW, and at what budget? The paper's experiments at CPU scale:
 {standard, DNT} x {AdamW, mSGDW, Muon} on Tiny Shakespeare (char) at a ladder of budgets (Muon up to 1,500),
-mSGDW's warmup and momentum, the S1..S5 ablation, and {standard, DNT} x {AdamW, mSGDW} on
-Fashion-MNIST. Every cell sweeps its learning rate until the best value is bracketed and reruns
-the best setting with more seeds.
+mSGDW's warmup and momentum, the S1..S5 ablation, {standard, DNT} x {AdamW, mSGDW} on
+Fashion-MNIST, and standard + AdamW against DNT + mSGDW on a CIFAR-10 subset with and without
+the ImageNet recipe's regularizers. Every cell sweeps its learning rate until the best value is
+bracketed and reruns the best setting with more seeds.
 
 $ python reproduce.py --data_root DATA                           # everything: many hours on 2 cores
 $ python reproduce.py --data_root DATA --parts=ladder --budgets=400,1500
 $ python reproduce.py --data_root DATA --tables_only             # tables and figures from the runs so far
 $ python reproduce.py --data_root DATA --quick                   # minutes: a smoke check of the pipeline
-DATA holds tinyshakespeare/input.txt and fashion_mnist/fashion_mnist.npz (or set NANODNT_DATA).
-Parts: ladder (LM cells at each of --budgets), warmup (warmup x momentum at the sweep budget),
-ablation (S1..S5 at the sweep budget), vision (ViT cells at each of --vision_budgets).
+DATA holds tinyshakespeare/input.txt, fashion_mnist/fashion_mnist.npz and cifar10_subset/cifar10_subset.npz
+(or set NANODNT_DATA). Parts: ladder (LM cells at each of --budgets), warmup (warmup x momentum at the
+sweep budget), ablation (S1..S5 at the sweep budget), vision (ViT cells at each of --vision_budgets),
+regularizers (drop_path, 3-Augment, random erasing and EMA on the CIFAR-10 subset, all on, all off, each off).
 
 Every finished run is recorded, config, eval curve and all, in <results>/results.json, and a run
 found there is not trained again: a stopped reproduction continues where it stopped, even in a
@@ -22,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -35,14 +38,19 @@ import numpy as np
 
 LM = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, eval_interval=100, eval_iters=20, log_interval=100)
 VISION = dict(n_layer=4, n_head=4, n_embd=128, patch_size=7, batch_size=128, crop_padding=2, eval_interval=100, log_interval=100)
+# the regularizer study: the CIFAR-10 subset (4,000 train images) at patch 8, where 32 epochs take ~8 minutes here
+CIFAR = dict(n_layer=4, n_head=4, n_embd=128, patch_size=8, batch_size=128, crop_padding=4, label_smoothing=0.1,
+             eval_interval=125, log_interval=125)
 COMMON = dict(compile=False, device='cpu', dtype='float32', grad_clip=1.0, dropout=0.0, gradient_accumulation_steps=1)
 # seeds at or below the sweep budget; long_seeds on the rungs above it (2 at the LM's 5,000, 3 for vision)
 SCALES = {
-    'full': dict(lm=LM, vision=VISION, budgets=(400, 1500, 5000), sweep_budget=1500, vision_budgets=(1400, 4200, 12600, 37800),
+    'full': dict(lm=LM, vision=VISION, cifar=CIFAR, budgets=(400, 1500, 5000), sweep_budget=1500,
+                 vision_budgets=(1400, 4200, 12600, 37800), cifar_budgets=(1000, 2000),
                  first_lrs=3, seeds=3, long_seeds=dict(lm=2, vision=3), max_extensions=3, ablation_lrs=3),
     'quick': dict(lm={**LM, **dict(n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=8, eval_interval=10, eval_iters=2)},
                   vision={**VISION, **dict(n_layer=1, n_embd=32, n_head=2, batch_size=16, eval_interval=10)},
-                  budgets=(10, 20, 40), sweep_budget=10, vision_budgets=(10,), first_lrs=2,
+                  cifar={**CIFAR, **dict(n_layer=1, n_embd=32, n_head=2, batch_size=16, eval_interval=10)},
+                  budgets=(10, 20, 40), sweep_budget=10, vision_budgets=(10,), cifar_budgets=(10, 20), first_lrs=2,
                   seeds=2, long_seeds=dict(lm=2, vision=2), max_extensions=0, ablation_lrs=1),
 }
 LR_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0]  # half-decade steps
@@ -58,8 +66,18 @@ CELLS = {'lm': [(p, o) for o in ('adamw', 'msgdw', 'muon') for p in ('standard',
 ABLATION = {'S1 standard': dict(preset='standard'), 'S2 +QKNorm': dict(preset='s2'), 'S3 +InputNorm': dict(preset='s3'),
             'S4 +MidNorm, both PreNorms': dict(preset='s4'), 'S5 DNT (LayerNorm)': dict(preset='dnt'),
             'S5 DNT (RMSNorm)': dict(preset='dnt', norm='rmsnorm')}
+# each regularizer's setting in the study; EMA does not change training: 'no EMA' is every run's raw weights
+REGULARIZERS = {'drop_path': dict(drop_path=0.1), '3-Augment': dict(three_augment=True, color_jitter=0.3),
+                'random erasing': dict(random_erasing=0.25), 'EMA': dict(ema_decay=0.99)}
+NO_REGULARIZERS = dict(drop_path=0.0, three_augment=False, color_jitter=0.0, random_erasing=0.0, ema_decay=0.0)
+REGULARIZED_CELLS = [('standard', 'adamw'), ('dnt', 'msgdw')]
+REGULARIZED_LRS = {'adamw': [3e-4, 1e-3, 3e-3], 'msgdw': [0.01, 0.03, 0.1]}  # around the Fashion-MNIST ladder's best
+PARTS = dict(ladder='lm', warmup='lm', ablation='lm', vision='vision', regularizers='cifar')  # each part's task
+SOURCES = dict(lm=('shakespeare_char', 'tinyshakespeare/input.txt'), vision=('npz', 'fashion_mnist/fashion_mnist.npz'),
+               cifar=('npz', 'cifar10_subset/cifar10_subset.npz'))  # each task's prepare_data.py dataset, under DATA
 SEED = 1337
 TRAIN_IMAGES = {'full': 60000}  # Fashion-MNIST, for epochs in the tables
+CIFAR_TRAIN_IMAGES = 4000
 
 # ----------------------------------------------------------------------------------------
 # running train.py and recording each run
@@ -161,6 +179,9 @@ class Runner:
         if not diverged and not any(r['iter'] == args['max_iters'] and 'val_loss' in r for r in log):
             raise SystemExit(f"reproduce.py: {name} stopped before its final eval (a signal?); run again to resume it")
         record = {**run_record(log, args, diverged, wall_s), 'part': self.part, 'resumed_from': resumed_from}
+        if args['task'] == 'cifar' and not diverged:
+            record['ema_curve'] = [[r['iter'], r['ema_val_loss'], r['ema_val_acc']] for r in log if 'ema_val_loss' in r]
+            record['train_scores'] = train_scores(out_dir, ema=bool(args['ema_decay']))
         with self.lock:
             self.runs[name] = record
             write_json(self.results_path, self.report)
@@ -171,6 +192,18 @@ class Runner:
 
     def run_all(self, named_args):
         return parallel(lambda item: self.run(*item), named_args.items())
+
+
+def train_scores(out_dir, ema):
+    """Top-1 and loss of a run's final weights (and of their EMA) on its training images as eval sees them
+    (no augmentation): with the val numbers, the train/val gap."""
+    scores = {}
+    for use_ema in (False, True) if ema else (False,):
+        out = subprocess.run([sys.executable, 'sample.py', f'--out_dir={out_dir}', '--split=train', '--device=cpu',
+                              f'--ema={use_ema}'], capture_output=True, text=True, check=True).stdout
+        acc, loss = re.search(r'on train: ([\d.]+)% .* loss ([\d.]+)', out).groups()
+        scores['ema' if use_ema else 'raw'] = dict(acc=float(acc) / 100, loss=float(loss))
+    return scores
 
 
 def parallel(fn, items):
@@ -185,6 +218,9 @@ def run_name(args):
     name += f"_wu{args['warmup_iters'] / args['max_iters']:.2g}"
     name += f"_m{args['momentum']:g}" if args['optimizer'] == 'msgdw' and args['momentum'] != 0.9 else ''
     name += '_rmsnorm' if args.get('norm') == 'rmsnorm' else ''
+    if args['task'] == 'cifar':
+        codes = dict(drop_path='dp', three_augment='3a', random_erasing='re', ema_decay='ema')
+        name += '_reg-' + ('-'.join(code for key, code in codes.items() if args[key]) or 'none')
     return name + f"_s{args['seed']}"
 
 
@@ -199,18 +235,19 @@ def finalize(args):
 
 
 def metric(task, record):
-    return record['best_val_acc'] if task == 'vision' else record['best_val_loss']
+    """The ladder's: the best over a run's evals; the regularizer study's: the final weights' (overfitting shows)."""
+    return dict(lm=record['best_val_loss'], vision=record['best_val_acc'], cifar=record['final_val_acc'])[task]
 
 
 def metric_name(task):
-    return 'best val top-1' if task == 'vision' else 'best val loss'
+    return dict(lm='best val loss', vision='best val top-1', cifar='final val top-1')[task]
 
 
 def score(task, record):
     """Higher is better: accuracy for images, minus the loss for language."""
     if record['diverged']:
         return -math.inf
-    return metric(task, record) if task == 'vision' else -metric(task, record)
+    return -metric(task, record) if task == 'lm' else metric(task, record)
 
 
 def sweep(runner, base, key, values, max_extensions, grid):
@@ -331,6 +368,39 @@ def ablation(runner, ctx):
     return dict(zip(ABLATION, parallel(ablate, ABLATION.values())))
 
 
+def regularizers(runner, ctx):
+    """Standard + AdamW and DNT + mSGDW on the CIFAR-10 subset with every regularizer on, with none, and with each
+    one off in turn, at the first of cifar_budgets. The lr is swept with all on (one seed); every variant runs at
+    that lr; all on and all off with more seeds. Then all on and all off at the longer budgets, one seed. One seed
+    of every variant first, so that a stopped study has the whole table at one seed."""
+    scale, (budget, *longer) = ctx['scale'], ctx['scale']['cifar_budgets']
+    all_on = {k: v for keys in REGULARIZERS.values() for k, v in keys.items()}
+
+    def variants(cell):
+        preset, optimizer = cell
+        on = with_budget({**ctx['bases']['cifar'], 'preset': preset, 'optimizer': optimizer,
+                          'weight_decay': WEIGHT_DECAY[optimizer], **all_on}, budget)
+        lrs, best_lr = sweep(runner, on, 'learning_rate', REGULARIZED_LRS[optimizer][:scale['first_lrs']], 1, LR_GRID)
+        on['learning_rate'] = best_lr
+        named = {'all on': on, 'all off': {**on, **NO_REGULARIZERS}}
+        named.update({f'no {name}': {**on, **{k: NO_REGULARIZERS[k] for k in keys}}
+                      for name, keys in REGULARIZERS.items() if name != 'EMA'})
+        return best_lr, lrs, named
+
+    swept = parallel(variants, REGULARIZED_CELLS)
+    jobs = [(f'{p}+{o}', name, args) for (p, o), (_, _, named) in zip(REGULARIZED_CELLS, swept) for name, args in named.items()]
+    parallel(lambda job: seeds_of(runner, job[2], 1), jobs)
+    seeded = parallel(lambda job: seeds_of(runner, job[2], scale['seeds'] if job[1] in ('all on', 'all off') else 1), jobs)
+    long_jobs = [(cell, f'{name}, {b:,} iterations', with_budget(args, b)) for b in longer
+                 for cell, name, args in jobs if name in ('all on', 'all off')]
+    seeded += parallel(lambda job: seeds_of(runner, job[2], 1), long_jobs)
+    out = {f'{p}+{o}': dict(best_lr=best_lr, lr_sweep=short(lrs, 'cifar'), variants={})
+           for (p, o), (best_lr, lrs, _) in zip(REGULARIZED_CELLS, swept)}
+    for (cell, name, _), result in zip(jobs + long_jobs, seeded):
+        out[cell]['variants'][name] = result
+    return out
+
+
 def memory_table():
     """Exact optimizer-state bytes of GPT-2 124M (vocab 50304) after one step with each optimizer. On the
     meta device: every state tensor's shape and dtype, none of the arithmetic (on a CPU, Muon's bfloat16
@@ -386,7 +456,7 @@ def gaps_to_adamw(cells):
 def fmt(task, value, digits=3):
     if value is None or not math.isfinite(value):
         return 'diverged'
-    return f'{100 * value:.{digits - 2}f}%' if task == 'vision' else f'{value:.{digits}f}'
+    return f'{value:.{digits}f}' if task == 'lm' else f'{100 * value:.{digits - 2}f}%'
 
 
 def fmt_cell(task, c):
@@ -424,6 +494,35 @@ def cell_tables(task, cells, lines, unit):
     lines.append('')
 
 
+def regularizer_tables(study, runs, settings, lines):
+    """Per cell and variant: final val top-1 of the weights and of their EMA, clean train top-1, and the gap."""
+    budget = settings['cifar_budgets'][0]
+    on = ', '.join(f"{name} ({', '.join(f'{k}={v}' for k, v in keys.items())})" for name, keys in REGULARIZERS.items())
+    mean = lambda values: f"{100 * np.mean(values):.1f}" + (f" ± {100 * np.std(values, ddof=1):.1f}" if len(values) > 1 else '')
+    lines += [f"## CIFAR-10 subset ViT: regularizers ({budget:,} iterations, "
+              f"{budget * settings['cifar']['batch_size'] / CIFAR_TRAIN_IMAGES:.0f} epochs of {CIFAR_TRAIN_IMAGES:,} images)", '',
+              f"All on: {on}. Each variant at the lr swept with all on; top-1 in % of the final weights, mean ± std over seeds "
+              "(n); train top-1 on the training images as eval sees them (no augmentation); gap = train − val. "
+              "Rows naming a budget: the same pair trained longer.", '',
+              '| cell | variant | n | val top-1 | val top-1, EMA | train top-1 | gap | gap, EMA |', '|---|---|---|---|---|---|---|---|']
+    for cell, c in study.items():
+        for name, v in c['variants'].items():
+            records = [runs[r] for r in v['runs']]
+            val = [r['final_val_acc'] for r in records]
+            ema = [r['ema_curve'][-1][2] for r in records if r.get('ema_curve')]
+            train = [r['train_scores']['raw']['acc'] for r in records]
+            train_ema = [r['train_scores']['ema']['acc'] for r in records if 'ema' in r['train_scores']]
+            gap = [t - x for t, x in zip(train, val)]
+            gap_ema = [t - x for t, x in zip(train_ema, ema)]
+            lines.append(f"| {CELL_NAMES[cell]} (lr {c['best_lr']:g}) | {name} | {len(records)} | {mean(val)} | "
+                         f"{mean(ema) if ema else ''} | {mean(train)} | {mean(gap)} | {mean(gap_ema) if gap_ema else ''} |")
+    lines.append('')
+    for cell, c in study.items():
+        lines.append(f"- {CELL_NAMES[cell]}, lr sweep with all on ({metric_name('cifar')}, seed {SEED}): "
+                     f"{fmt_sweep('cifar', c['lr_sweep'])}")
+    lines.append('')
+
+
 def write_tables(report, results_dir, jobs):
     summary, runs = report.get('summary', {}), report['runs']
     lm_tokens = lambda b: f"{b * report['settings']['lm']['batch_size'] * report['settings']['lm']['block_size'] / 1e6:.2g}M tokens"
@@ -454,6 +553,8 @@ def write_tables(report, results_dir, jobs):
     if 'vision' in summary:
         lines += ['## Fashion-MNIST ViT', '']
         cell_tables('vision', summary['vision'], lines, epochs)
+    if 'regularizers' in summary:
+        regularizer_tables(summary['regularizers'], runs, report['settings'], lines)
     for task, part in (('lm', 'ladder'), ('vision', 'vision')):
         if part not in summary:
             continue
@@ -477,7 +578,7 @@ def write_tables(report, results_dir, jobs):
     lines += [f'| {p} | {len(w)} | {sum(w) / 3600:.1f} h | {sum(w) / 3600 / jobs:.1f} h |' for p, w in parts.items()]
     lines += ['', '## Every recorded run', '', '| run | best val loss | final val loss | best val top-1 | wall |', '|---|---|---|---|---|']
     lines += [f"| {name} | {fmt('lm', r['best_val_loss'])} | {fmt('lm', r['final_val_loss'])} | "
-              f"{fmt('vision', r['best_val_acc']) if name.startswith('vision') else ''} | {r['wall_s'] / 60:.1f} min |"
+              f"{fmt('vision', r['best_val_acc']) if r['config']['task'] != 'lm' else ''} | {r['wall_s'] / 60:.1f} min |"
               for name, r in sorted(runs.items())]
     with open(os.path.join(results_dir, 'results.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
@@ -629,7 +730,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data_root', default=os.environ.get('NANODNT_DATA'), help='folder with tinyshakespeare/ and fashion_mnist/ (env NANODNT_DATA)')
     parser.add_argument('--quick', action='store_true', help='tiny models and sweeps: minutes')
-    parser.add_argument('--parts', default='ladder,warmup,ablation,vision', help='comma-separated: ladder, warmup, ablation, vision')
+    parser.add_argument('--parts', default=','.join(PARTS), help='comma-separated: ' + ', '.join(PARTS))
     parser.add_argument('--budgets', help='LM iterations, comma-separated (default 400,1500,5000)')
     parser.add_argument('--vision_budgets', help='ViT iterations, comma-separated; the first is swept (default 1400,4200,12600,37800: '
                         '3, 9, 27 and 81 epochs)')
@@ -643,21 +744,19 @@ def main():
     parts = args.parts.split(',')
     budgets = [int(b) for b in args.budgets.split(',')] if args.budgets else list(scale['budgets'])
     vision_budgets = [int(b) for b in args.vision_budgets.split(',')] if args.vision_budgets else list(scale['vision_budgets'])
-    if unknown := set(parts) - {'ladder', 'warmup', 'ablation', 'vision'}:
-        sys.exit(f"reproduce.py: error: unknown part(s) {sorted(unknown)}; choose from ladder, warmup, ablation, vision")
+    if unknown := set(parts) - set(PARTS):
+        sys.exit(f"reproduce.py: error: unknown part(s) {sorted(unknown)}; choose from {', '.join(PARTS)}")
     if not args.data_root and not args.tables_only:
-        sys.exit("reproduce.py: error: give --data_root (a folder with tinyshakespeare/input.txt and fashion_mnist/fashion_mnist.npz) or set NANODNT_DATA")
+        sys.exit("reproduce.py: error: give --data_root (a folder with " + ', '.join(s for _, s in SOURCES.values())
+                 + ") or set NANODNT_DATA")
     out = args.out or os.path.join('runs', scale_name)
     results_dir = args.results or ('results' if scale_name == 'full' else os.path.join(out, 'results'))
     os.makedirs(results_dir, exist_ok=True)
 
-    data_dirs = {'lm': os.path.join(out, 'data', 'lm'), 'vision': os.path.join(out, 'data', 'vision')}
-    sources = {'lm': ('shakespeare_char', 'tinyshakespeare/input.txt'), 'vision': ('npz', 'fashion_mnist/fashion_mnist.npz')}
-    tasks = {'lm'} if set(parts) - {'vision'} else set()
-    tasks |= {'vision'} if 'vision' in parts else set()
+    data_dirs = {task: os.path.join(out, 'data', task) for task in SOURCES}
     if not args.tables_only:
-        for task in tasks:
-            dataset, source = sources[task]
+        for task in {PARTS[part] for part in parts}:
+            dataset, source = SOURCES[task]
             if not os.path.exists(data_dirs[task]):
                 subprocess.run([sys.executable, 'prepare_data.py', dataset, '--input', os.path.join(args.data_root, source),
                                 '--out_dir', data_dirs[task]], check=True)
@@ -666,12 +765,14 @@ def main():
     everything = {'ladder': sorted({*budgets, *scale['budgets']}), 'vision': sorted({*vision_budgets, *scale['vision_budgets']})}
     ctx = dict(scale=scale, sweep_budget=dict(lm=scale['sweep_budget'], vision=vision_budgets[0]),
                rungs=dict(lm=everything['ladder'], vision=everything['vision']),
-               bases={task: {'task': task, **COMMON, **scale[task], 'momentum': 0.9, 'seed': SEED} for task in ('lm', 'vision')})
+               bases={task: {'task': task, **COMMON, **scale[task], 'momentum': 0.9, 'seed': SEED} for task in SOURCES})
     report = runner.report
-    report['settings'] = dict(scale=scale_name, lm=scale['lm'], vision=scale['vision'], common=COMMON, warmup=WARMUP,
+    report['settings'] = dict(scale=scale_name, lm=scale['lm'], vision=scale['vision'], cifar=scale['cifar'],
+                              cifar_budgets=scale['cifar_budgets'], common=COMMON, warmup=WARMUP,
                               sweep_budget=scale['sweep_budget'], min_lr_ratio=MIN_LR_RATIO, seed=SEED)
     experiments = {'ladder': lambda b: ladder(runner, ctx, 'lm', b), 'warmup': lambda b: warmup_study(runner, ctx),
-                   'ablation': lambda b: ablation(runner, ctx), 'vision': lambda b: ladder(runner, ctx, 'vision', b)}
+                   'ablation': lambda b: ablation(runner, ctx), 'vision': lambda b: ladder(runner, ctx, 'vision', b),
+                   'regularizers': lambda b: regularizers(runner, ctx)}
     asked = {'ladder': budgets, 'vision': vision_budgets}
     for part in parts if runner.train else []:
         runner.part = f"{part} {','.join(map(str, asked[part]))}" if part in asked else part

@@ -1,5 +1,5 @@
 """
-Sample from a trained DNT-GPT, or score a trained DNT-ViT on the validation images.
+Sample from a trained DNT-GPT, or score a trained DNT-ViT on the validation (or training) images.
 $ python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3
 $ python sample.py --out_dir=out-cifar10            # an image checkpoint: top-1 accuracy on val
 $ python sample.py --init_from=gpt2-xl --start="What is the answer to life, the universe, and everything?"
@@ -48,6 +48,9 @@ def parse_args(argv):
     p.add_argument('--compile', type=boolean, nargs='?', const=True, default=False, help="True: compile the model with torch.compile")
     p.add_argument('--data_dir', default='', help="dataset directory (default: the one the checkpoint was trained on)")
     p.add_argument('--batch_size', type=int, default=256, help="images per batch (image checkpoints)")
+    p.add_argument('--split', default='val', choices=['train', 'val'], help="image checkpoints: the split to score")
+    p.add_argument('--ema', type=boolean, nargs='?', const=True, default=True,
+                   help="use the checkpoint's EMA of the weights where it has one (train.py's ema_decay); False: the weights")
     return p.parse_args(argv)
 
 
@@ -71,9 +74,14 @@ def main(argv=None):
         ModelConfig, Model = (GPTConfig, GPT) if is_text else (ViTConfig, ViT)
         try:
             model = Model(ModelConfig(**stored['model_args']))
-            model.load_state_dict(stored['model'])
+            weights = stored['model']
+            if args.ema and stored.get('ema'):  # AveragedModel's keys: 'module.' + the model's, and n_averaged
+                weights = {k.removeprefix('module.'): v for k, v in stored['ema'].items() if k != 'n_averaged'}
+                print(f"the EMA of the weights (ema_decay {stored['config']['ema_decay']}); --ema=False for the weights",
+                      file=sys.stderr)
+            model.load_state_dict(weights)
         except (TypeError, ValueError, RuntimeError) as e:
-            fail(f"{ckpt_path}: its weights do not fit its model_args ({type(e).__name__}: {str(e).splitlines()[0]})")
+            fail(f"{ckpt_path}: its weights do not fit its model_args ({' '.join(str(e).split())[:300]})")
         config, meta = stored['config'], stored.get('meta')  # meta: the dataset's tokenizer, in the checkpoint
         del stored  # the optimizer state
     else:  # GPT-2's weights, as nanoGPT's sample.py --init_from=gpt2
@@ -92,13 +100,13 @@ def main(argv=None):
     if args.compile:
         model.compile()  # in place: generate() calls the module, so it runs compiled too
 
-    if not is_text:  # val, read from disk batch by batch (it may be ImageNet's) and scored as train.py evaluates
+    if not is_text:  # the split, read from disk batch by batch (it may be ImageNet's) and scored as train.py evaluates
         try:
             data = ImageData(data_dir, meta, args.device, args.batch_size, model.config.image_size, augment=False, stream=True)
         except DataError as e:
             fail(e)
-        loss_sum, correct, n = eval_sums(model, data.eval_batches('val', 0, 1), ctx).tolist()
-        print(f"top-1 accuracy on val: {100 * correct / n:.2f}% ({int(n)} images), loss {loss_sum / n:.4f}")
+        loss_sum, correct, n = eval_sums(model, data.eval_batches(args.split, 0, 1), ctx).tolist()
+        print(f"top-1 accuracy on {args.split}: {100 * correct / n:.2f}% ({int(n)} images), loss {loss_sum / n:.4f}")
         return
 
     if meta['vocab_size'] > model.config.vocab_size:

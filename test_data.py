@@ -8,8 +8,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -149,6 +151,39 @@ def test_imagefolder_resumes_after_a_stop(folder, prepared, tmp_path, monkeypatc
             np.testing.assert_array_equal(a, b)
 
 
+def test_ctrl_c_mid_decoding_is_one_line_and_the_rerun_finishes(tmp_path):
+    """Ctrl-C signals the terminal's whole process group, the decoding workers too: one line, no traceback from
+    any process, and a rerun completes the dataset."""
+    Image = pytest.importorskip('PIL.Image')
+    big = tmp_path / 'big.jpg'  # slow to decode: the signal lands mid-decoding
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)).save(big)
+    for split, n in (('train', 120), ('val', 2)):
+        for c in CLASSES[:2]:
+            os.makedirs(tmp_path / 'in' / split / c)
+            for i in range(n):
+                os.link(big, tmp_path / 'in' / split / c / f'{i}.jpg')
+    cmd = [sys.executable, 'prepare_data.py', 'imagefolder', '--input', str(tmp_path / 'in'), '--out_dir',
+           str(tmp_path / 'out'), '--image_size', '16', '--num_proc', '2']
+    repo = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    p = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)  # its own process group, as a shell's foreground job
+    partial = tmp_path / '.out.partial'
+    for _ in range(600):
+        if (partial / 'train_x.npy').exists() or p.poll() is not None:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)  # workers decoding
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err
+    assert 'Traceback' not in err and 'KeyboardInterrupt' not in err, err
+    assert err.strip().splitlines()[-1].split('\r')[-1].startswith('prepare_data.py: interrupted'), err
+    assert not (tmp_path / 'out').exists()
+    r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert D.load_meta(tmp_path / 'out')['train_size'] == 240
+
 def test_partial_dir_of_another_kind_is_left_alone(folder, tmp_path):
     partial = tmp_path / '.data.partial'
     partial.mkdir()
@@ -234,7 +269,7 @@ def test_augment_off_is_the_eval_view(prepared):
 def test_stream_matches_memory_and_splits_rows(prepared):
     """Streamed (prefetching, 2 threads) and in-memory batches are the same; rows of one draw are
     what N processes get: they read only their rows, and the generator ends in the same state."""
-    cfg = dict(image_size=12, crop='rrc', mixup=0.8, cutmix=1.0)
+    cfg = dict(image_size=12, crop='rrc', mixup=0.8, cutmix=1.0, three_augment=True, color_jitter=0.3, random_erasing=0.5)
     memory, stream = image_data(prepared, **cfg), image_data(prepared, stream=True, data_workers=2, **cfg)
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     for _ in range(3):  # the second and third calls take the batches read ahead
@@ -256,25 +291,109 @@ def test_stream_matches_memory_and_splits_rows(prepared):
 
 
 # ----------------------------------------------------------------------------------------
+# 3-Augment, color jitter, random erasing
+
+def test_three_augment_applies_one_op_per_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (6, 3, 224, 224), generator=g).float()
+    choice, sigma = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0.01, 0.01, 0.1, 0.01, 0.01, 2.0]) / 224  # image widths
+    out = imagenet.three_augment(x, choice, sigma)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 255
+    luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    for i in (0, 3):  # grayscale: every channel the luma
+        torch.testing.assert_close(out[i], luma[i].expand(3, -1, -1))
+    for i in (1, 4):  # solarization: pixels >= 128 inverted
+        torch.testing.assert_close(out[i], torch.where(x[i] >= 128, 255 - x[i], x[i]))
+    torch.testing.assert_close(out[2], x[2], rtol=0, atol=1e-3)  # sigma 0.1 px: all but the identity
+    assert out[5].std() < 0.5 * x[5].std()  # sigma 2 px at 224 px smooths noise
+    torch.testing.assert_close(out[5].mean(), x[5].mean(), rtol=0.02, atol=0)  # and keeps the brightness
+    small = imagenet.three_augment(x[5:, :, ::7, ::7], choice[5:], sigma[5:])  # the same blur at 32 px: 2/7 px
+    torch.testing.assert_close(small, imagenet.gaussian_blur(x[5:, :, ::7, ::7], torch.tensor([2 / 7])))
+    one = torch.rand(2, 1, 8, 8) * 255  # one channel: grayscale is the identity
+    torch.testing.assert_close(imagenet.three_augment(one, torch.tensor([0, 0]), torch.ones(2)), one)
+
+
+def test_color_jitter_scales_brightness_contrast_saturation():
+    x = torch.rand(4, 3, 8, 8) * 200 + 20
+    torch.testing.assert_close(imagenet.color_jitter(x, torch.ones(4, 3)), x)
+    bright = imagenet.color_jitter(x, torch.tensor([[1.2, 1, 1]] * 4))
+    torch.testing.assert_close(bright, (1.2 * x).clamp(0, 255))
+    flat = imagenet.color_jitter(x, torch.tensor([[1, 0, 1]] * 4))  # contrast 0: the mean gray everywhere
+    assert flat.std(dim=(1, 2, 3)).max() < 1e-3
+    gray = imagenet.color_jitter(x, torch.tensor([[1, 1, 0]] * 4))  # saturation 0: grayscale
+    torch.testing.assert_close(gray[:, 0], gray[:, 2])
+    assert imagenet.color_jitter(x, torch.full((4, 3), 1.3)).max() <= 255
+
+
+def test_random_erasing_fills_boxes_with_noise_at_its_rate():
+    g = torch.Generator().manual_seed(0)
+    erase, boxes, seeds = imagenet.draw_erasing(1, 4000, 16, 16, 0.25, g)
+    assert erase.shape == (1, 4000) and boxes.shape == (1, 4000, 4) and seeds.shape == (1,)
+    assert erase.float().mean().item() == pytest.approx(0.25, abs=0.02)
+    top, left, h, w = boxes[0][erase[0]].unbind(1)
+    area = (h * w).float() / 256
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 16).all() and (left + w <= 16).all()
+    assert area.min() >= 0.02 * 0.5 and area.max() <= 1 / 3 * 1.1  # 2-33% of the image, up to rounding
+    x = torch.zeros(4000, 3, 16, 16)
+    out = imagenet.random_erasing(x, erase[0], boxes[0], seeds[0])
+    changed = out != 0
+    assert not changed[~erase[0]].any()  # images not erased are untouched
+    for i in torch.nonzero(erase[0])[:50, 0]:
+        t, l, hh, ww = boxes[0, i].tolist()
+        assert changed[i, :, t:t + hh, l:l + ww].all() and changed[i].sum() == 3 * hh * ww  # the box, all of it
+    noise = out[erase[0]]
+    noise = noise[noise != 0]
+    assert abs(noise.mean()) < 0.05 and noise.std().item() == pytest.approx(1, abs=0.05)  # N(0, 1), as normalized pixels
+    torch.testing.assert_close(imagenet.random_erasing(x, erase[0], boxes[0], seeds[0]), out)  # its seed fixes the noise
+
+
+def test_augmentations_off_draw_nothing_and_change_nothing(prepared):
+    """With 3-Augment, jitter and erasing off, the batches are the crops and flips alone, and the generator
+    moves by their draws only; each one on changes the batch and draws more."""
+    plain = image_data(prepared, image_size=12)
+    g = torch.Generator().manual_seed(3)
+    batches = plain.get_batches('train', 2, slice(None), g)
+    replay = torch.Generator().manual_seed(3)
+    ix = torch.randint(21, (2, 4), generator=replay)
+    shifts = torch.randint(16 + 2 * 4 - 12 + 1, (2, 4, 2), generator=replay)
+    flips = torch.rand((2, 4), generator=replay) < 0.5
+    assert torch.equal(g.get_state(), replay.get_state())
+    x_all = torch.from_numpy(D.load_images(prepared, 'train')[0]).permute(0, 3, 1, 2)
+    for (xb, _), i, s, f in zip(batches, ix, shifts, flips):
+        torch.testing.assert_close(xb, plain.normalize(D.padded_crops(x_all[i], s, f, 12, 4)))
+    for key, value in (('three_augment', True), ('color_jitter', 0.3), ('random_erasing', 0.9)):
+        g_on = torch.Generator().manual_seed(3)
+        on = image_data(prepared, image_size=12, **{key: value}).get_batches('train', 2, slice(None), g_on)
+        assert not torch.equal(g_on.get_state(), g.get_state()), key
+        assert not torch.equal(on[0][0], batches[0][0]), key
+        assert on[0][0].shape == batches[0][0].shape and torch.isfinite(on[0][0]).all()
+
+# ----------------------------------------------------------------------------------------
 # train.py on the prepared folder: streamed, random-resized-crop, mixup/CutMix, eval, exact resume
 
 def test_train_streams_evaluates_and_resumes(prepared, tmp_path, capsys):
     cfg = dict(n_layer=1, n_head=2, n_embd=32, patch_size=4, image_size=12, stream=True, data_workers=2, crop='rrc',
                mixup=0.8, cutmix=1.0, label_smoothing=0.1, batch_size=4, gradient_accumulation_steps=2,
-               optimizer='adamw', learning_rate=1e-3, min_lr=1e-4, eval_interval=3, lr_decay_iters=6)
+               optimizer='adamw', learning_rate=1e-3, min_lr=1e-4, eval_interval=3, lr_decay_iters=6,
+               three_augment=True, color_jitter=0.3, random_erasing=0.5, drop_path=0.2, ema_decay=0.5)
     train(tmp_path / 'straight', prepared, max_iters=6, **cfg)
     train(tmp_path / 'resumed', prepared, max_iters=3, **cfg)
     train(tmp_path / 'resumed', prepared, '--init_from=resume', max_iters=6, **cfg)
     a, b = load_ckpt(tmp_path / 'straight'), load_ckpt(tmp_path / 'resumed')
     assert a['model_args']['image_size'] == 12 and a['iter_num'] == b['iter_num'] == 6
     assert_same_weights(a['model'], b['model'], atol=0)
+    assert_same_weights(a['ema'], b['ema'], atol=0)
     la, lb = read_log(tmp_path / 'straight'), read_log(tmp_path / 'resumed')
     assert [r['loss'] for r in la if 'loss' in r] == [r['loss'] for r in lb if 'loss' in r]
     vals = [r for r in la if 'val_loss' in r]
     assert [r['iter'] for r in vals] == [0, 3, 6] and all(0 <= r['val_acc'] <= 1 and math.isfinite(r['val_loss']) for r in vals)
-    sample.main(['--out_dir', str(tmp_path / 'straight'), '--device', 'cpu', '--dtype', 'float32'])  # center crop 12 of 16
-    acc = float(re.search(r'top-1 accuracy on val: ([\d.]+)%', capsys.readouterr().out).group(1))
-    assert acc == pytest.approx(100 * vals[-1]['val_acc'])
+    assert vals == [r for r in lb if 'val_loss' in r] and all(0 <= r['ema_val_acc'] <= 1 for r in vals)
+    assert vals[0]['ema_val_loss'] == vals[0]['val_loss'] and vals[-1]['ema_val_loss'] != vals[-1]['val_loss']
+    for ema, key in (('True', 'ema_val'), ('False', 'val')):  # sample.py scores the EMA where there is one
+        sample.main(['--out_dir', str(tmp_path / 'straight'), '--device', 'cpu', '--dtype', 'float32', '--ema', ema])
+        out = capsys.readouterr().out  # center crop 12 of 16
+        acc, loss = map(float, re.search(r'top-1 accuracy on val: ([\d.]+)% .* loss ([\d.]+)', out).groups())
+        assert acc == pytest.approx(100 * vals[-1][f'{key}_acc'], abs=0.006) and loss == pytest.approx(vals[-1][f'{key}_loss'], abs=1e-4)
 
 
 def test_train_refuses_image_size_above_stored(prepared, tmp_path):

@@ -767,3 +767,53 @@ def test_from_pretrained_errors(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, 'transformers', None)  # what an uninstalled package looks like to import
     with pytest.raises(ImportError, match=r"pip install transformers"):
         M.GPT.from_pretrained(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------
+# stochastic depth
+
+def test_drop_path_drops_whole_samples_at_its_rate():
+    drop = M.DropPath(0.3)
+    x = torch.randn(20000, 3, 4)
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = (y != 0).all(dim=(1, 2))
+    assert ((y == 0).all(dim=(1, 2)) | kept).all()  # a sample is dropped whole or kept whole
+    assert kept.float().mean().item() == pytest.approx(0.7, abs=0.015)
+    torch.testing.assert_close(y[kept], x[kept] / 0.7)  # the expected output is the input
+    assert drop.eval()(x) is x
+
+
+def test_drop_path_rises_linearly_with_depth_and_is_identity_when_off():
+    model = make('gpt', preset='dnt', n_layer=4, drop_path=0.3)
+    rates = [getattr(b.drop_path, 'rate', 0.0) for b in model.transformer.h]
+    assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert isinstance(model.transformer.h[0].drop_path, nn.Identity)
+    plain = make('gpt', preset='dnt', n_layer=4)
+    assert all(isinstance(b.drop_path, nn.Identity) for b in plain.transformer.h)
+    assert model.state_dict().keys() == plain.state_dict().keys()  # no weights: a checkpoint fits either
+    plain.load_state_dict(model.state_dict())
+    x, _ = batch(model)
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model(x)[0], plain(x)[0], rtol=0, atol=0)  # a no-op at eval
+
+
+@pytest.mark.parametrize('preset', ['dnt', 'standard'])
+def test_drop_path_drops_the_whole_normalized_branch(preset):
+    """Each sample's output is one of four: both branches dropped, either one, or neither; a kept branch is
+    the whole sub-block output, MidNorm included, scaled by 1 / (1 - rate)."""
+    rate, B = 0.5, 4000
+    config = M.GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32, preset=preset, drop_path=rate)
+    block = M.Block(config, causal=True, drop_path=rate)
+    x = torch.randn(1, 8, 16).expand(B, 8, 16)
+    with torch.no_grad():
+        attn = lambda h: block.ln_mid_1(block.attn(block.ln_1(h))) / (1 - rate)
+        mlp = lambda h: block.ln_mid_2(block.mlp(block.ln_2(h))) / (1 - rate)
+        x0 = x[:1]
+        cases = torch.cat([x0, x0 + attn(x0), x0 + mlp(x0), x0 + attn(x0) + mlp(x0 + attn(x0))])  # (4, T, C)
+        torch.manual_seed(0)
+        y = block(x)
+    distance = (y[:, None] - cases[None]).abs().amax(dim=(2, 3))  # (B, 4)
+    assert (distance.min(1).values < 1e-5).all()
+    counts = torch.bincount(distance.argmin(1), minlength=4).float() / B
+    torch.testing.assert_close(counts, torch.full((4,), 0.25), atol=0.03, rtol=0)

@@ -327,6 +327,8 @@ def _malformed(tmp_path, kind):
         arrays['class_names'] = np.array(['a'])
     elif kind == 'length_mismatch':
         arrays['y_train'] = y[:2]
+    elif kind == 'negative_label':
+        arrays['y_train'] = np.array([0, -1, 1])
     path = tmp_path / f'{kind}.npz'
     if kind == 'not_npz':
         path.write_text('hello')
@@ -334,14 +336,18 @@ def _malformed(tmp_path, kind):
         np.savez(path, **arrays)
     return ['npz', '--input', path]
 
-@pytest.mark.parametrize('kind', ['missing_key', 'wrong_dtype', 'label_range', 'length_mismatch', 'not_npz', 'unknown_name', 'no_input'])
-def test_clean_failure(tmp_path, kind):
+@pytest.mark.parametrize('kind, words', [
+    ('missing_key', 'y_test'), ('wrong_dtype', 'images must be uint8'), ('label_range', 'labels must be 0..0, got 0..1'),
+    ('negative_label', 'labels must be 0 or more, got -1..1'), ('length_mismatch', 'labels must be 3 integers'),
+    ('not_npz', ''), ('unknown_name', 'unknown dataset'), ('no_input', '--input')])
+def test_clean_failure(tmp_path, kind, words):
     out = tmp_path / 'data' / 'ds'
     args = {'unknown_name': ['imagenet_please'], 'no_input': ['npz']}.get(kind) or _malformed(tmp_path, kind)
     r = run(*args, '--out_dir', out)
     assert_clean_failure(r, out)
+    assert words in r.stderr, r.stderr
     if kind == 'unknown_name':
-        assert 'unknown dataset' in r.stderr and 'shakespeare_char' in r.stderr
+        assert 'shakespeare_char' in r.stderr
 
 # ----------------------------------------------------------------------------------------
 # what an out_dir may replace, and inputs too small or not text: one line, every file as it was

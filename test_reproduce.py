@@ -1,6 +1,6 @@
 """reproduce.py --quick end to end on data the test writes: the ladder, sweeps, seeds, the rungs above the sweep,
-warmup study, ablation, vision, tables, figures, and that a second run reuses every recorded run instead of training
-again; a run cut short and resumed; and the rules of the long rungs on made-up scores."""
+warmup study, ablation, vision, the regularizer study, tables, figures, and that a second run reuses every recorded
+run instead of training again; a run cut short and resumed; and the rules of the long rungs on made-up scores."""
 import json
 import math
 import os
@@ -29,6 +29,10 @@ def quick(tmp_path_factory):
     y = rng.integers(0, 10, 400)
     x = (rng.random((400, 28, 28)) * 60 + y[:, None, None] * 19).astype(np.uint8)  # brightness tells the class
     np.savez(data / 'fashion_mnist' / 'fashion_mnist.npz', x_train=x[:300], y_train=y[:300], x_test=x[300:], y_test=y[300:])
+    (data / 'cifar10_subset').mkdir()
+    y = rng.integers(0, 10, 300)
+    x = (rng.random((300, 32, 32, 3)) * 60 + y[:, None, None, None] * 19).astype(np.uint8)
+    np.savez(data / 'cifar10_subset' / 'cifar10_subset.npz', x_train=x[:200], y_train=y[:200], x_test=x[200:], y_test=y[200:])
     cmd = [sys.executable, 'reproduce.py', '--quick', '--data_root', str(data), '--out', str(root / 'runs')]
     first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
@@ -92,6 +96,33 @@ def test_ablation_and_gradient_statistics(quick):
         assert all(g['p999_over_median'] >= 1 and g['kurtosis'] > 0 for g in run['grad_stats'])
 
 
+def test_regularizer_study(quick):
+    """Both pairs swept with every regularizer on, then all off and each one off at that lr; all on and all off
+    seeded; every run scored on its training images too, the EMA beside the weights where there is one."""
+    study, runs = quick['report']['summary']['regularizers'], quick['report']['runs']
+    assert set(study) == {'standard+adamw', 'dnt+msgdw'}
+    for cell, c in study.items():
+        assert f"{c['best_lr']:g}" in c['lr_sweep'] and len(c['lr_sweep']) >= 2
+        assert list(c['variants']) == ['all on', 'all off', 'no drop_path', 'no 3-Augment', 'no random erasing',
+                                       'all on, 20 iterations', 'all off, 20 iterations']  # the longer budget: one seed
+        for name, v in c['variants'].items():
+            assert len(v['runs']) == (2 if name in ('all on', 'all off') else 1)
+            for r in (runs[n] for n in v['runs']):
+                cfg = r['config']
+                assert cfg['max_iters'] == (20 if name.endswith('20 iterations') else 10)
+                assert cfg['learning_rate'] == c['best_lr'] and f"{cfg['preset']}+{cfg['optimizer']}" == cell
+                on = dict(drop_path=cfg['drop_path'] > 0, three_augment=cfg['three_augment'] and cfg['color_jitter'] > 0,
+                          random_erasing=cfg['random_erasing'] > 0, ema=cfg['ema_decay'] > 0)
+                off = {'all on': set(), 'all off': set(on), 'no drop_path': {'drop_path'}, 'no 3-Augment': {'three_augment'},
+                       'no random erasing': {'random_erasing'}}[name.split(',')[0]]
+                assert {k for k, v in on.items() if not v} == off
+                assert set(r['train_scores']) == ({'raw', 'ema'} if on['ema'] else {'raw'})
+                assert all(0 <= s['acc'] <= 1 and s['loss'] > 0 for s in r['train_scores'].values())
+                assert [e[0] for e in r['ema_curve']] == ([c[0] for c in r['curve']] if on['ema'] else [])
+                assert r['final_val_acc'] == r['curve'][-1][2]
+        assert v['mean'] == pytest.approx(np.mean([runs[n]['final_val_acc'] for n in v['runs']]))
+
+
 def test_memory_table(quick):
     memory = quick['report']['memory']
     assert memory['msgdw'] == 4 * memory['params'] and memory['adamw'] == 2 * memory['msgdw']
@@ -101,7 +132,7 @@ def test_memory_table(quick):
 def test_tables_and_figures_written(quick):
     text = (quick['results'] / 'results.md').read_text()
     for heading in ('budget ladder', 'gap to standard + AdamW (nats', 'Warmup and momentum', 'Ablation', 'Fashion-MNIST',
-                    'gap to standard + AdamW (points',
+                    'gap to standard + AdamW (points', 'CIFAR-10 subset ViT: regularizers',
                     'Optimizer state', 'Wall time', 'Every recorded run'):
         assert heading in text
     pytest.importorskip('matplotlib')

@@ -217,8 +217,9 @@ def test_missing_checkpoint_fails_cleanly(tmp_path, capsys):
     (['--start=FILE:BINARY'], None, 'is not UTF-8 text'),
     (['--data_dir=BPE'], None, 'the model knows'),
     (['--data_dir=BPE', 'NO_TIKTOKEN'], 'bpe_meta', 'tiktoken cannot load the gpt2 encoding'),
+    ([], 'missing_weight', 'Missing key(s) in state_dict: "transformer.wte.weight", "lm_head.weight"'),
 ], ids=['top_k', 'max_new_tokens', 'num_samples', 'dtype', 'device=gpu', 'device=cuda', 'corrupted', 'truncated', 'empty', 'foreign',
-        'temperature=nan', 'seed', 'binary prompt file', 'BPE data for a char model', 'no tiktoken cache'])
+        'temperature=nan', 'seed', 'binary prompt file', 'BPE data for a char model', 'no tiktoken cache', 'a weight missing'])
 def test_bad_input_fails_in_one_line(text_run, capsys, tmp_path, monkeypatch, args, ckpt, words):
     out_dir, _ = text_run
     (tmp_path / 'binary').write_bytes(bytes(range(256)))
@@ -241,6 +242,11 @@ def test_bad_input_fails_in_one_line(text_run, capsys, tmp_path, monkeypatch, ar
         good = open(os.path.join(out_dir, 'ckpt.pt'), 'rb').read()
         if ckpt == 'foreign':
             torch.save({'weights': torch.zeros(2)}, tmp_path / 'ckpt.pt')
+        elif ckpt == 'missing_weight':  # the tied head's one tensor, saved under both names
+            stored = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True)
+            for k in ('lm_head.weight', 'transformer.wte.weight'):
+                del stored['model'][k]
+            torch.save(stored, tmp_path / 'ckpt.pt')
         else:
             (tmp_path / 'ckpt.pt').write_bytes({'corrupted': b'\x00' * 64 + good[64:], 'truncated': good[:len(good) // 2],
                                                 'empty': b''}[ckpt])

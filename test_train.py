@@ -284,6 +284,33 @@ def test_label_smoothing_reaches_the_image_loss(image_run, tmp_path):
     assert i0 == i1 == 31 and plain < math.log(2) - 0.1  # a confident model: smoothing must show
     assert smoothed - plain >= 0.3 * (math.log(2) - plain) - 1e-6, losses
 
+def test_ema_is_its_closed_form_and_resumes_exactly(text_data, tmp_path):
+    """ema_1 = w_1, ema_k = d ema_(k-1) + (1 - d) w_k over the weights w_k after step k (runs of 1, 2, 3 steps
+    are the same run cut short); resumed at 2, the EMA continues exactly; at iter 0 it is the initial model."""
+    d, cfg = 0.6, dict(LM['msgdw'], dropout=0.0, drop_path=0.3, eval_interval=1)
+    weights = []
+    for k in (1, 2, 3):
+        train(tmp_path / f'w{k}', text_data, max_iters=k, **cfg)
+        weights.append(load_ckpt(tmp_path / f'w{k}')['model'])
+    train(tmp_path / 'ema', text_data, max_iters=2, ema_decay=d, **cfg)
+    resume(tmp_path / 'ema', '--max_iters=3')
+    train(tmp_path / 'straight', text_data, max_iters=3, ema_decay=d, **cfg)
+    resumed, straight = load_ckpt(tmp_path / 'ema'), load_ckpt(tmp_path / 'straight')
+    assert_same_weights(straight['model'], weights[2], atol=0)  # the EMA does not change training
+    expected = weights[0]
+    for w in weights[1:]:
+        expected = {k: d * expected[k] + (1 - d) * w[k] for k in w}
+    ema = {k.removeprefix('module.'): v for k, v in straight['ema'].items() if k != 'n_averaged'}
+    assert_same_weights(ema, expected, atol=1e-6)
+    assert straight['ema']['n_averaged'] == 3
+    assert_same_weights(resumed['ema'], straight['ema'], atol=0)
+    log = read_log(tmp_path / 'straight')
+    evals = [r for r in log if 'val_loss' in r]
+    assert [r['iter'] for r in evals] == [0, 1, 2, 3]
+    assert evals[0]['ema_val_loss'] == evals[0]['val_loss'] and evals[1]['ema_val_loss'] == evals[1]['val_loss']
+    assert evals[3]['ema_val_loss'] != evals[3]['val_loss']
+    assert [r for r in read_log(tmp_path / 'ema') if 'val_loss' in r] == evals
+
 # ----------------------------------------------------------------------------------------
 # exact resume, DDP, compile
 
@@ -354,6 +381,13 @@ def test_torchrun_matches_single_process(text_data, tmp_path):
     assert cd['iter_num'] == 3 and cd['rng']['world_size'] == 2 and len(cd['rng']['cpu']) == 2
     assert_same_weights(cd['model'], cs['model'], rtol=1e-5, atol=1e-6)
 
+
+def test_torchrun_reports_a_config_error_once(text_data, tmp_path):
+    """Every process finds the error; rank 0 alone prints it (torchrun then adds its own report of the exit)."""
+    r = train(tmp_path / 'out', text_data, torchrun=True, check=False, batch_size=0, max_iters=2)
+    assert r.returncode != 0
+    assert r.stderr.count('train.py: error: batch_size must be at least 1, got 0') == 1, r.stderr
+    assert not (tmp_path / 'out').exists()
 
 def test_compile_runs(text_data, tmp_path):
     # inductor on the CPU: slow the first time (a minute or two), quick once its cache is warm
@@ -492,6 +526,13 @@ BAD_INPUTS = [  # (case, arguments, words of the message); every case runs on a 
     ('meta.json vocab_size against itos', SCRATCH + ['DATA=meta_itos'], ['its itos has', 'its vocab_size is 1000']),
     ('train.bin of an odd byte count', SCRATCH + ['DATA=odd_bytes'], ['an odd number', 'not uint16']),
     ('checkpoint with code in it', RESUME + ['CKPT=malicious'], ['was refused', 'could run code']),
+    ('checkpoint lacking a weight', RESUME + ['CKPT=missing_weight'],
+     ['weights do not fit', 'Missing key(s) in state_dict: "transformer.h.0.mlp.c_fc.weight"']),
+    # the regularizers
+    ('ema_decay=1', SCRATCH + ['--ema_decay=1.0'], ['ema_decay must be in [0, 1), got 1.0']),
+    ('drop_path=1', SCRATCH + ['--drop_path=1.0'], ['drop_path must be in [0, 1), got 1.0']),
+    ('random_erasing=-0.1', SCRATCH + ['--random_erasing=-0.1'], ['random_erasing must be in [0, 1), got -0.1']),
+    ('color_jitter=1', SCRATCH + ['--color_jitter=1.0'], ['color_jitter must be in [0, 1), got 1.0']),
 ]
 
 
@@ -511,6 +552,10 @@ def test_bad_input_changes_nothing(lm_runs, text_data, bad_data, tmp_path, case,
             good = ckpt.read_bytes()
             if value == 'malicious':  # a pickle that names a function: loading it would call code
                 torch.save({**torch.load(ckpt, weights_only=True), 'hook': print}, ckpt)
+            elif value == 'missing_weight':
+                stored = torch.load(ckpt, weights_only=True)
+                del stored['model']['transformer.h.0.mlp.c_fc.weight']
+                torch.save(stored, ckpt)
             else:
                 ckpt.write_bytes({'corrupted': b'\x00' * 64 + good[64:], 'truncated': good[:len(good) // 2], 'empty': b''}[value])
         elif kind in ('BAD_CONFIG', 'CONFIG'):

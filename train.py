@@ -17,6 +17,7 @@ from dataclasses import asdict
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import checkpoint
 import checks
@@ -62,6 +63,9 @@ rrc_min_scale = 0.08  # rrc: the crop's area is rrc_min_scale..1 of the image's,
 flip = True  # random horizontal flip
 mixup = 0.0  # mixup with lam ~ Beta(mixup, mixup); 0: off
 cutmix = 0.0  # CutMix with lam ~ Beta(cutmix, cutmix); 0: off; with mixup on too, one of the two per micro-batch
+three_augment = False  # DeiT III's 3-Augment: grayscale, solarization or Gaussian blur, one per image
+color_jitter = 0.0  # brightness, contrast and saturation each scaled by 1 +- up to this; 0: off
+random_erasing = 0.0  # the probability that an image gets a box of noise; 0: off
 label_smoothing = 0.0
 # model (the norm switches left at None follow the preset; see model.py)
 preset = 'dnt'
@@ -75,6 +79,7 @@ n_layer = 12
 n_head = 12
 n_embd = 768
 dropout = 0.0
+drop_path = 0.0  # stochastic depth of the last block (linearly less before it); 0: off
 bias = False
 patch_size = 4  # ViT
 pool = 'cls'  # ViT: 'cls' or 'mean'
@@ -87,6 +92,7 @@ nesterov = False  # msgdw
 beta1 = 0.9  # adamw
 beta2 = 0.95  # adamw
 grad_clip = 1.0  # 0 disables
+ema_decay = 0.0  # an exponential moving average of the weights, evaluated beside them; 0: off
 # learning rate: linear warmup, then cosine decay to min_lr
 max_iters = 100000
 decay_lr = True
@@ -145,7 +151,7 @@ if meta['kind'] == 'text':
     from_data = dict(block_size=block_size, vocab_size=vocab_size or meta['vocab_size'])
 else:
     data = ImageData(data_dir, meta, device, batch_size, image_size, augment, crop, crop_padding, rrc_min_scale,
-                     flip, mixup, cutmix, stream, data_workers)
+                     flip, mixup, cutmix, stream, data_workers, three_augment, color_jitter, random_erasing)
     ModelConfig, Model, loss_args = ViTConfig, ViT, dict(label_smoothing=label_smoothing)
     from_data = dict(image_size=data.size, in_chans=meta['shape'][2], num_classes=meta['num_classes'])
 model_config = checks.model_config(ModelConfig, config, from_data, meta)
@@ -159,6 +165,7 @@ else:  # GPT-2's weights: they set the model's size, bias and vocabulary
         f"vocab_size {vocab_size}, bias; these replace the config's")
 model_args = asdict(model.config)  # resolved: the preset's switches filled in
 model.to(device)
+ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None  # a copy
 config = {k: globals()[k] for k in config_keys}  # what this run trains with: logged, saved, resumed from
 
 # ----------------------------------------------------------------------------------------
@@ -169,7 +176,7 @@ opt = model.configure_optimizers(optimizer, learning_rate, weight_decay, (beta1,
                                  device_type)
 iter_num, best_val_loss, evaluated = 0, float('inf'), False  # evaluated: the eval of iter_num has run
 if stored_run is not None:
-    iter_num, best_val_loss, evaluated = checkpoint.restore(stored_run, ckpt_path, model, model_args, opt,
+    iter_num, best_val_loss, evaluated = checkpoint.restore(stored_run, ckpt_path, model, ema, model_args, opt,
                                                             scaler, data_gen, config, rank, world_size, log)
 raw_model = model
 if compile:
@@ -185,18 +192,18 @@ def all_reduce_sum(t):
     return t
 
 
-def evaluate():
+def evaluate(net, prefix=''):
     """Mean loss on each of data.eval_splits (text: eval_iters batches of train and val; images: all of val),
     and top-1 for images."""
-    model.eval()
+    net.eval()
     out = {}
     for split in data.eval_splits:
         batches = data.eval_batches(split, rank, world_size)
-        loss_sum, correct, count = all_reduce_sum(eval_sums(model, batches, ctx)).tolist()
-        out[f'{split}_loss'] = loss_sum / count
+        loss_sum, correct, count = all_reduce_sum(eval_sums(net, batches, ctx)).tolist()
+        out[f'{prefix}{split}_loss'] = loss_sum / count
         if meta['kind'] == 'image':
-            out[f'{split}_acc'] = correct / count
-    model.train()
+            out[f'{prefix}{split}_acc'] = correct / count
+    net.train()
     return out
 
 
@@ -224,6 +231,7 @@ def save_checkpoint():
     if master_process:
         checkpoint.save(ckpt_path, dict(
             model=raw_model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
+            ema=ema.state_dict() if ema is not None else None,  # sample.py uses it where it is there
             model_args=model_args, model_type=meta['kind'], iter_num=iter_num, best_val_loss=best_val_loss,
             config=config, rng=rng, evaluated=evaluated, meta=meta,  # meta: sample.py decodes with its tokenizer
             log_bytes=os.path.getsize(log_path) if os.path.exists(log_path) else 0))
@@ -283,7 +291,9 @@ while True:
         group['lr'] = lr
 
     if eval_only or ((iter_num % eval_interval == 0 or iter_num == max_iters) and not evaluated):
-        losses = evaluate()
+        losses = evaluate(model)
+        if ema is not None:
+            losses.update(evaluate(ema.module, prefix='ema_'))
         log(f"step {iter_num}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
         if eval_only:
             break
@@ -315,6 +325,8 @@ while True:
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
     scaler.step(opt)
     scaler.update()
+    if ema is not None:
+        ema.update_parameters(raw_model)  # ema <- ema_decay * ema + (1 - ema_decay) * weights
     opt.zero_grad(set_to_none=True)
     iter_num += 1
     evaluated = False
