@@ -66,14 +66,15 @@ def time_loader():
     try:
         meta = load_meta(loader)
         data = ImageData(loader, meta, device, batch_size, image_size, augment, crop, crop_padding, rrc_min_scale,
-                         flip, mixup, cutmix, stream=True, data_workers=data_workers)
+                         flip, mixup, cutmix, True, data_workers, three_augment, color_jitter, random_erasing)
     except DataError as e:
         sys.exit(f"bench.py: {e}")
     gen, n = torch.Generator().manual_seed(seed), gradient_accumulation_steps
     sync = lambda: synchronize(device)
     print(f"loader: {loader}, {meta['train_size']:,} images of {'x'.join(map(str, meta['shape']))} -> {data.size} px, "
           f"{n} x {batch_size} images an iteration, {data_workers} threads, crop={crop} mixup={mixup} "
-          f"cutmix={cutmix}, augmented on {device}", flush=True)
+          f"cutmix={cutmix} three_augment={three_augment} color_jitter={color_jitter} random_erasing={random_erasing}, "
+          f"augmented on {device}", flush=True)
     for label, step in (('read', lambda: [wait() for wait, *_ in data.draw('train', n, slice(None), gen)]),
                         (f'read + augment on {device}', lambda: data.get_batches('train', n, slice(None), gen))):
         for _ in range(warmup):

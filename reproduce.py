@@ -236,7 +236,7 @@ def finalize(args):
 
 def metric(task, record):
     """The ladder's: the best over a run's evals; the regularizer study's: the final weights' (overfitting shows)."""
-    return dict(lm=record['best_val_loss'], vision=record['best_val_acc'], cifar=record['final_val_acc'])[task]
+    return record[dict(lm='best_val_loss', vision='best_val_acc', cifar='final_val_acc')[task]]
 
 
 def metric_name(task):
