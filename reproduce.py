@@ -371,8 +371,8 @@ def ablation(runner, ctx):
 def regularizers(runner, ctx):
     """Standard + AdamW and DNT + mSGDW on the CIFAR-10 subset with every regularizer on, with none, and with each
     one off in turn, at the first of cifar_budgets. The lr is swept with all on (one seed); every variant runs at
-    that lr; all on and all off with more seeds. Then all on and all off at the longer budgets, one seed. One seed
-    of every variant first, so that a stopped study has the whole table at one seed."""
+    that lr; all on and all off with more seeds, and at the longer budgets with one. In that order: one seed of
+    every variant, the longer budgets, the other seeds, so that a stopped study has whole tables."""
     scale, (budget, *longer) = ctx['scale'], ctx['scale']['cifar_budgets']
     all_on = {k: v for keys in REGULARIZERS.values() for k, v in keys.items()}
 
@@ -385,15 +385,16 @@ def regularizers(runner, ctx):
         named = {'all on': on, 'all off': {**on, **NO_REGULARIZERS}}
         named.update({f'no {name}': {**on, **{k: NO_REGULARIZERS[k] for k in keys}}
                       for name, keys in REGULARIZERS.items() if name != 'EMA'})
+        parallel(lambda args: seeds_of(runner, args, 1), named.values())  # the cell's table at one seed
         return best_lr, lrs, named
 
     swept = parallel(variants, REGULARIZED_CELLS)
     jobs = [(f'{p}+{o}', name, args) for (p, o), (_, _, named) in zip(REGULARIZED_CELLS, swept) for name, args in named.items()]
-    parallel(lambda job: seeds_of(runner, job[2], 1), jobs)
-    seeded = parallel(lambda job: seeds_of(runner, job[2], scale['seeds'] if job[1] in ('all on', 'all off') else 1), jobs)
     long_jobs = [(cell, f'{name}, {b:,} iterations', with_budget(args, b)) for b in longer
                  for cell, name, args in jobs if name in ('all on', 'all off')]
-    seeded += parallel(lambda job: seeds_of(runner, job[2], 1), long_jobs)
+    long_seeded = parallel(lambda job: seeds_of(runner, job[2], 1), long_jobs)
+    seeded = parallel(lambda job: seeds_of(runner, job[2], scale['seeds'] if job[1] in ('all on', 'all off') else 1), jobs)
+    seeded += long_seeded
     out = {f'{p}+{o}': dict(best_lr=best_lr, lr_sweep=short(lrs, 'cifar'), variants={})
            for (p, o), (best_lr, lrs, _) in zip(REGULARIZED_CELLS, swept)}
     for (cell, name, _), result in zip(jobs + long_jobs, seeded):
