@@ -166,8 +166,10 @@ def test_ctrl_c_mid_decoding_is_one_line(tmp_path):
            str(tmp_path / 'out'), '--image_size', '16', '--num_proc', '2']
     repo = os.path.dirname(os.path.abspath(__file__))
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    # its own process group with SIGINT at its default, as a terminal's foreground job (a shell that started the
+    # tests in the background, or under nohup, hands them SIGINT ignored)
     p = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)  # its own process group, as a shell's foreground job
+                         start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     partial = tmp_path / '.out.partial'
     for _ in range(600):
         if (partial / 'train_x.npy').exists() or p.poll() is not None:
