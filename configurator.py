@@ -11,6 +11,7 @@ import ast
 import difflib
 import os
 import sys
+import time
 import types
 
 
@@ -29,6 +30,8 @@ def report_errors(script, *error_types):
             return sys.__excepthook__(exc_type, exc, tb)
         if os.environ.get('RANK', '0') == '0':  # under torchrun, every process refuses the same input: say it once
             print(f"{script}: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        else:  # torchrun stops every process once one exits: the others wait, so that rank 0 has said it
+            time.sleep(2)
 
     sys.excepthook = hook
 
