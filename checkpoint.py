@@ -45,6 +45,14 @@ def load(path, *keys):
     return checkpoint
 
 
+def model_weights(checkpoint, ema=True):
+    """The model's state dict: its EMA's where asked and there (AveragedModel's keys, less 'module.' and
+    n_averaged), else the weights'."""
+    if ema and checkpoint.get('ema'):
+        return {k.removeprefix('module.'): v for k, v in checkpoint['ema'].items() if k != 'n_averaged'}
+    return checkpoint['model']
+
+
 def save(path, checkpoint):
     """Write to a temporary file, then rename: a crash mid-write keeps the previous checkpoint. A full or
     read-only disk leaves no partial file and raises ConfigError."""

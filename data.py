@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from checks import DataError, check_image_options, check_image_split, check_meta, check_token_files
 from devices import pin_memory
-from imagenet import (Stream, color_jitter, draw_erasing, draw_mixes, draw_three_augment, mix, random_erasing,
-                      resized_crops, rrc_boxes, three_augment)
+from imagenet import (Stream, draw_mixes, draw_recolor_and_erasing, mix, random_erasing, recolor, resized_crops,
+                      rrc_boxes)
 
 DATASET_FILES = {'text': {'meta.json', 'train.bin', 'val.bin'},  # by meta['kind']: all that a dataset directory holds
                  'image': {'meta.json', 'train_x.npy', 'train_y.npy', 'val_x.npy', 'val_y.npy'}}
@@ -158,7 +158,7 @@ class ImageData:
         self.device, self.batch_size, self.augment = device, batch_size, augment
         self.crop, self.crop_padding, self.rrc_min_scale = crop, crop_padding, rrc_min_scale
         self.flip, self.mixup, self.cutmix = flip, mixup, cutmix
-        self.three_augment, self.color_jitter, self.random_erasing = three_augment, color_jitter, random_erasing
+        self.recolor_and_erasing = (three_augment, color_jitter, random_erasing)
         self.num_classes, self.samples_per_micro_step = meta['num_classes'], batch_size
         self.images = {}
         for split in ('train', 'val'):
@@ -186,15 +186,8 @@ class ImageData:
             crops = torch.randint(H + 2 * self.crop_padding - S + 1, (n_total, B, 2), generator=gen)
         else:
             crops = rrc_boxes(n_total * B, H, W, self.rrc_min_scale, gen).view(n_total, B, 4)
-        draws = dict(crops=crops, flips=(torch.rand((n_total, B), generator=gen) < 0.5) & self.flip)
-        # each augmentation that is off draws nothing: the batches of the others stay as they were
-        if self.three_augment:
-            draws['three'] = draw_three_augment((n_total, B), gen)
-        if self.color_jitter > 0:
-            jitter = self.color_jitter
-            draws['jitter'] = torch.empty(n_total, B, 3).uniform_(1 - jitter, 1 + jitter, generator=gen)
-        if self.random_erasing > 0:
-            draws['erase'] = draw_erasing(n_total, B, S, S, self.random_erasing, gen)
+        draws = dict(crops=crops, flips=(torch.rand((n_total, B), generator=gen) < 0.5) & self.flip,
+                     **draw_recolor_and_erasing((n_total, B), S, *self.recolor_and_erasing, gen))
         if self.mixup > 0 or self.cutmix > 0:
             draws['mix'] = draw_mixes(n_total, self.mixup, self.cutmix, gen)
         row_draws = lambda r: {k: tuple(t[r] for t in v) if isinstance(v, tuple) else v[r] for k, v in draws.items()}
@@ -211,14 +204,10 @@ class ImageData:
             return self.normalize(center_crop(x, self.size)), y
         crops, flips = draws['crops'].to(self.device), draws['flips'].to(self.device)
         if self.crop == 'pad':
-            x = padded_crops(x, crops, flips, self.size, self.crop_padding).float()
+            x = padded_crops(x, crops, flips, self.size, self.crop_padding)
         else:
             x = resized_crops(x, crops, flips, self.size)
-        if 'three' in draws:
-            x = three_augment(x, *(t.to(self.device) for t in draws['three']))
-        if 'jitter' in draws:
-            x = color_jitter(x, draws['jitter'].to(self.device))
-        x = self.normalize(x)
+        x = self.normalize(recolor(x.float(), draws))
         if 'erase' in draws:
             x = random_erasing(x, *draws['erase'])
         if 'mix' not in draws:

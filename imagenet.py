@@ -105,6 +105,28 @@ def draw_erasing(n, B, H, W, prob, gen):
     return erase.view(n, B), boxes.view(n, B, 4), torch.randint(2 ** 62, (n,), generator=gen)
 
 
+def draw_recolor_and_erasing(shape, size, three, jitter, erasing, gen):
+    """The draws of 3-Augment, color jitter and random erasing for (n, B) images of size x size; one that is off
+    draws nothing, so that the others' batches stay as they were."""
+    draws = {}
+    if three:
+        draws['three'] = draw_three_augment(shape, gen)
+    if jitter > 0:
+        draws['jitter'] = torch.empty(*shape, 3).uniform_(1 - jitter, 1 + jitter, generator=gen)
+    if erasing > 0:
+        draws['erase'] = draw_erasing(*shape, size, size, erasing, gen)
+    return draws
+
+
+def recolor(x, draws):
+    """3-Augment, then color jitter, where draws has them; x on 0..255."""
+    if 'three' in draws:
+        x = three_augment(x, *(t.to(x.device) for t in draws['three']))
+    if 'jitter' in draws:
+        x = color_jitter(x, draws['jitter'].to(x.device))
+    return x
+
+
 def random_erasing(x, erase, boxes, seed):
     """Each image with `erase` gets its box filled with normal noise (x is normalized): timm's mode='pixel'."""
     B, C, H, W = x.shape

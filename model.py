@@ -154,8 +154,7 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 class DropPath(nn.Module):
-    """Stochastic depth (Huang et al. 2016, as in timm): drops a residual branch for a whole sample with
-    probability `rate` in training, and scales the kept ones by 1 / (1 - rate) so the expected sum is unchanged."""
+    """Stochastic depth (Huang et al. 2016, as in timm): dropout of whole samples of a residual branch."""
 
     def __init__(self, rate):
         super().__init__()
@@ -164,8 +163,7 @@ class DropPath(nn.Module):
     def forward(self, x):
         if not self.training:
             return x
-        keep = x.new_empty(x.size(0), *(1,) * (x.dim() - 1)).bernoulli_(1 - self.rate)  # (B, 1, 1)
-        return x * keep / (1 - self.rate)
+        return x * F.dropout(x.new_ones(x.size(0), *(1,) * (x.dim() - 1)), self.rate)  # kept: scaled by 1 / (1 - rate)
 
 class Block(nn.Module):
 

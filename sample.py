@@ -74,14 +74,11 @@ def main(argv=None):
         ModelConfig, Model = (GPTConfig, GPT) if is_text else (ViTConfig, ViT)
         try:
             model = Model(ModelConfig(**stored['model_args']))
-            weights = stored['model']
-            if args.ema and stored.get('ema'):  # AveragedModel's keys: 'module.' + the model's, and n_averaged
-                weights = {k.removeprefix('module.'): v for k, v in stored['ema'].items() if k != 'n_averaged'}
-                print(f"the EMA of the weights (ema_decay {stored['config']['ema_decay']}); --ema=False for the weights",
-                      file=sys.stderr)
-            model.load_state_dict(weights)
+            model.load_state_dict(checkpoint.model_weights(stored, args.ema))
         except (TypeError, ValueError, RuntimeError) as e:
             fail(f"{ckpt_path}: its weights do not fit its model_args ({' '.join(str(e).split())[:300]})")
+        if args.ema and stored.get('ema'):
+            print("the EMA of the weights (--ema=False for the weights)", file=sys.stderr)
         config, meta = stored['config'], stored.get('meta')  # meta: the dataset's tokenizer, in the checkpoint
         del stored  # the optimizer state
     else:  # GPT-2's weights, as nanoGPT's sample.py --init_from=gpt2
