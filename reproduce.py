@@ -45,7 +45,7 @@ COMMON = dict(compile=False, device='cpu', dtype='float32', grad_clip=1.0, dropo
 # seeds at or below the sweep budget; long_seeds on the rungs above it (2 at the LM's 5,000, 3 for vision)
 SCALES = {
     'full': dict(lm=LM, vision=VISION, cifar=CIFAR, budgets=(400, 1500, 5000), sweep_budget=1500,
-                 vision_budgets=(1400, 4200, 12600, 37800), cifar_budgets=(1000, 2000),
+                 vision_budgets=(1400, 4200, 12600, 37800), cifar_budgets=(1000, 2000, 3000),
                  first_lrs=3, seeds=3, long_seeds=dict(lm=2, vision=3), max_extensions=3, ablation_lrs=3),
     'quick': dict(lm={**LM, **dict(n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=8, eval_interval=10, eval_iters=2)},
                   vision={**VISION, **dict(n_layer=1, n_embd=32, n_head=2, batch_size=16, eval_interval=10)},
