@@ -42,16 +42,17 @@ VISION = dict(n_layer=4, n_head=4, n_embd=128, patch_size=7, batch_size=128, cro
 CIFAR = dict(n_layer=4, n_head=4, n_embd=128, patch_size=8, batch_size=128, crop_padding=4, label_smoothing=0.1,
              eval_interval=125, log_interval=125)
 COMMON = dict(compile=False, device='cpu', dtype='float32', grad_clip=1.0, dropout=0.0, gradient_accumulation_steps=1)
-# seeds at or below the sweep budget; long_seeds on the rungs above it (2 at the LM's 5,000, 3 for vision)
+# seeds at or below the sweep budget; long_seeds on the rungs above it (2 at the LM's 5,000, 3 for vision), and at
+# the regularizer study's longest budget
 SCALES = {
     'full': dict(lm=LM, vision=VISION, cifar=CIFAR, budgets=(400, 1500, 5000), sweep_budget=1500,
                  vision_budgets=(1400, 4200, 12600, 37800), cifar_budgets=(1000, 2000, 3000),
-                 first_lrs=3, seeds=3, long_seeds=dict(lm=2, vision=3), max_extensions=3, ablation_lrs=3),
+                 first_lrs=3, seeds=3, long_seeds=dict(lm=2, vision=3, cifar=3), max_extensions=3, ablation_lrs=3),
     'quick': dict(lm={**LM, **dict(n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=8, eval_interval=10, eval_iters=2)},
                   vision={**VISION, **dict(n_layer=1, n_embd=32, n_head=2, batch_size=16, eval_interval=10)},
                   cifar={**CIFAR, **dict(n_layer=1, n_embd=32, n_head=2, batch_size=16, eval_interval=10)},
                   budgets=(10, 20, 40), sweep_budget=10, vision_budgets=(10,), cifar_budgets=(10, 20), first_lrs=2,
-                  seeds=2, long_seeds=dict(lm=2, vision=2), max_extensions=0, ablation_lrs=1),
+                  seeds=2, long_seeds=dict(lm=2, vision=2, cifar=2), max_extensions=0, ablation_lrs=1),
 }
 LR_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0]  # half-decade steps
 FIRST_LRS = {'adamw': [1e-3, 3e-3, 1e-2], 'muon': [1e-3, 3e-3, 1e-2], 'msgdw': [0.03, 0.1, 0.3]}  # extended until bracketed
@@ -371,8 +372,9 @@ def ablation(runner, ctx):
 def regularizers(runner, ctx):
     """Standard + AdamW and DNT + mSGDW on the CIFAR-10 subset with every regularizer on, with none, and with each
     one off in turn, at the first of cifar_budgets. The lr is swept with all on (one seed); every variant runs at
-    that lr; all on and all off with more seeds, and at the longer budgets with one. In that order: one seed of
-    every variant, the longer budgets, the other seeds, so that a stopped study has whole tables."""
+    that lr; all on and all off with more seeds, at the longer budgets with one, and at the longest with long_seeds.
+    In that order: one seed of every variant, the longer budgets, the other seeds, the longest budget's other seeds,
+    so that a stopped study has whole tables."""
     scale, (budget, *longer) = ctx['scale'], ctx['scale']['cifar_budgets']
     all_on = {k: v for keys in REGULARIZERS.values() for k, v in keys.items()}
 
@@ -394,10 +396,14 @@ def regularizers(runner, ctx):
                  for cell, name, args in jobs if name in ('all on', 'all off')]
     long_seeded = parallel(lambda job: seeds_of(runner, job[2], 1), long_jobs)
     seeded = parallel(lambda job: seeds_of(runner, job[2], scale['seeds'] if job[1] in ('all on', 'all off') else 1), jobs)
-    seeded += long_seeded
+    results = {job[:2]: result for job, result in zip(jobs + long_jobs, seeded + long_seeded)}
+    longest = [job for job in long_jobs if job[2]['max_iters'] == longer[-1]]
+    for n in range(2, scale['long_seeds']['cifar'] + 1):  # the longest budget's other seeds, one seed at a time
+        more = parallel(lambda job: seeds_of(runner, job[2], n), longest)
+        results.update({job[:2]: result for job, result in zip(longest, more)})
     out = {f'{p}+{o}': dict(best_lr=best_lr, lr_sweep=short(lrs, 'cifar'), variants={})
            for (p, o), (best_lr, lrs, _) in zip(REGULARIZED_CELLS, swept)}
-    for (cell, name, _), result in zip(jobs + long_jobs, seeded):
+    for (cell, name), result in results.items():
         out[cell]['variants'][name] = result
     return out
 
