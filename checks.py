@@ -3,6 +3,7 @@ Every input train.py takes, checked before anything in out_dir is touched: the c
 resumed run's), and the data. A run that cannot start changes nothing there. Every refusal is a ConfigError
 or a DataError, reported by the scripts in one line.
 """
+import json
 import math
 import os
 
@@ -117,6 +118,25 @@ def check_sample_args(args):
     check_dtype(args.device, args.dtype)
 
 
+def prompt_ids(start, encode):
+    """sample.py's --start (FILE:path: the file's text) as token ids."""
+    if start.startswith('FILE:'):
+        try:
+            with open(start[5:], encoding='utf-8') as f:
+                start = f.read()
+        except OSError as e:
+            raise ConfigError(f"cannot read the prompt file {start[5:]}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"the prompt file {start[5:]} is not UTF-8 text") from None
+    try:
+        ids = encode(start)
+    except ValueError as e:
+        raise ConfigError(f"the prompt has {e}") from None
+    if not ids:
+        raise ConfigError("the prompt is empty; give at least one token with --start")
+    return ids
+
+
 def check_writable(out_dir):
     """out_dir, or the nearest folder above it that exists (where it will be made), takes new files."""
     existing = os.path.abspath(out_dir)
@@ -150,6 +170,22 @@ def model_config(ModelConfig, config, from_data, meta):
 
 class DataError(Exception):
     """A problem with the data or its source, reported in one line."""
+
+
+def read_meta(data_dir):
+    """data_dir's meta.json, checked; a missing one names the command that writes it."""
+    path = os.path.join(data_dir, 'meta.json')
+    if not os.path.isfile(path):
+        name = os.path.basename(os.path.normpath(data_dir))
+        raise DataError(f"no dataset in {data_dir} (meta.json missing); create it with: python prepare_data.py {name} "
+                        f"--out_dir {data_dir} (python prepare_data.py --help lists the datasets)")
+    try:
+        with open(path, encoding='utf-8') as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} is not readable JSON ({type(e).__name__}: {e}); prepare the dataset again") from None
+    check_meta(meta, path)
+    return meta
 
 
 def check_meta(meta, path):

@@ -7,6 +7,7 @@ with ast.literal_eval (a bare word stays a string). Later arguments win. An unkn
 value of the wrong type, or a config file that does not run, raises ConfigError, which the
 scripts report in one line; an int is accepted for a float.
 """
+import argparse
 import ast
 import difflib
 import os
@@ -34,6 +35,21 @@ def report_errors(script, *error_types):
             time.sleep(2)
 
     sys.excepthook = hook
+
+
+def boolean(s):
+    """True or False, spelled as --key=value takes them; for argparse's type=."""
+    if s not in ('True', 'False'):
+        raise argparse.ArgumentTypeError(f"expected True or False, got {s!r}")
+    return s == 'True'
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, `prog: error: message`, as every error here (argparse's own
+    prints the usage too)."""
+
+    def error(self, message):
+        sys.exit(f"{self.prog}: error: {message}")
 
 
 def defaults_of(script):

@@ -14,14 +14,13 @@ micro-step, and eval_batches(split, rank, world_size). One generator, seeded ali
 an iteration's n_total micro-batches; each process keeps its rows, so N processes train like one process
 accumulating N times.
 """
-import json
 import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from checks import DataError, check_image_options, check_image_split, check_meta, check_token_files
+from checks import DataError, check_image_options, check_image_split, check_token_files, read_meta
 from devices import pin_memory
 from imagenet import (Stream, draw_mixes, draw_recolor_and_erasing, mix, random_erasing, recolor, resized_crops,
                       rrc_boxes)
@@ -36,22 +35,12 @@ GPT2_BPE = dict(kind='text', tokenizer='gpt2', vocab_size=50257)  # the meta of 
 
 
 def load_meta(data_dir, log=print):
-    path = os.path.join(data_dir, 'meta.json')
-    if not os.path.isfile(path) and all(os.path.isfile(os.path.join(data_dir, f'{s}.bin')) for s in ('train', 'val')):
+    has = lambda name: os.path.isfile(os.path.join(data_dir, name))
+    if not has('meta.json') and has('train.bin') and has('val.bin'):
         log(f"{data_dir} has train.bin and val.bin but no meta.json: read as nanoGPT's format "
             "(uint16 GPT-2 BPE tokens)")
         return dict(GPT2_BPE)
-    if not os.path.isfile(path):
-        name = os.path.basename(os.path.normpath(data_dir))
-        raise DataError(f"no dataset in {data_dir} (meta.json missing); create it with: python prepare_data.py {name} "
-                        f"--out_dir {data_dir} (python prepare_data.py --help lists the datasets)")
-    try:
-        with open(path, encoding='utf-8') as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path} is not readable JSON ({type(e).__name__}: {e}); prepare the dataset again") from None
-    check_meta(meta, path)
-    return meta
+    return read_meta(data_dir)
 
 
 def load_images(data_dir, split, mmap=False):

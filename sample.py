@@ -6,34 +6,22 @@ $ python sample.py --init_from=gpt2-xl --start="What is the answer to life, the 
 --start=FILE:prompt.txt reads the prompt from a file. A checkpoint carries its tokenizer: the
 dataset directory is needed only for image checkpoints.
 """
-import argparse
 import os
 import sys
 
 import torch
 
 import checkpoint
-from configurator import ConfigError
-from checks import DataError, check_sample_args
+from configurator import ConfigError, OneLineParser, boolean
+from checks import DataError, check_sample_args, prompt_ids
 from data import GPT2_BPE, ImageData, eval_sums, get_tokenizer, load_meta
 from devices import autocast, default_device
 from model import GPT, GPT2_MODELS, GPTConfig, ViT, ViTConfig
 
 
-def boolean(s):
-    """True or False, spelled as train.py's --key=value takes them."""
-    if s not in ('True', 'False'):
-        raise argparse.ArgumentTypeError(f"expected True or False, got {s!r}")
-    return s == 'True'
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, as every error here (argparse would print the usage too)
-        sys.exit(f"sample.py: error: {message}")
-
-
 def parse_args(argv):
-    p = Parser(description="Sample text from a GPT checkpoint, or evaluate a ViT checkpoint on val.")
+    p = OneLineParser(prog='sample.py',
+                      description="Sample text from a GPT checkpoint, or evaluate a ViT checkpoint on val.")
     p.add_argument('--init_from', default='resume', help="'resume': the checkpoint in --out_dir; or GPT-2's weights: "
                    + ', '.join(GPT2_MODELS) + " (pip install transformers), or a directory of a saved GPT2LMHeadModel")
     p.add_argument('--out_dir', default='out', help="directory holding ckpt.pt")
@@ -55,12 +43,14 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    fail = lambda message: sys.exit(f"sample.py: error: {message}")
     try:
-        check_sample_args(args)  # and fills in the dtype, which follows the device
-    except ConfigError as e:
-        fail(e)
+        sample(parse_args(argv))
+    except (ConfigError, DataError) as e:  # a wrong input: one line
+        sys.exit(f"sample.py: error: {e}")
+
+
+def sample(args):
+    check_sample_args(args)  # and fills in the dtype, which follows the device
     torch.manual_seed(args.seed)
     ctx = autocast(args.device, args.dtype)
 
@@ -69,14 +59,15 @@ def main(argv=None):
         try:
             stored = checkpoint.load(ckpt_path)  # on the CPU: only the model goes to the device
         except ConfigError as e:
-            fail(f"{e}; train a model first (python train.py ...) or check --out_dir")
+            raise ConfigError(f"{e}; train a model first (python train.py ...) or check --out_dir") from None
         is_text = stored['model_type'] == 'text'
         ModelConfig, Model = (GPTConfig, GPT) if is_text else (ViTConfig, ViT)
         try:
             model = Model(ModelConfig(**stored['model_args']))
             model.load_state_dict(checkpoint.model_weights(stored, args.ema))
         except (TypeError, ValueError, RuntimeError) as e:
-            fail(f"{ckpt_path}: its weights do not fit its model_args ({' '.join(str(e).split())[:300]})")
+            error = ' '.join(str(e).split())[:300]
+            raise ConfigError(f"{ckpt_path}: its weights do not fit its model_args ({error})") from None
         if args.ema and stored.get('ema'):
             print("the EMA of the weights (--ema=False for the weights)", file=sys.stderr)
         config, meta = stored['config'], stored.get('meta')  # meta: the dataset's tokenizer, in the checkpoint
@@ -85,7 +76,7 @@ def main(argv=None):
         try:
             model = GPT.from_pretrained(args.init_from)
         except (ValueError, ImportError, OSError) as e:
-            fail(e)
+            raise ConfigError(e) from None
         is_text, config, meta = True, {}, dict(GPT2_BPE)
     model.eval().to(args.device)
     if args.data_dir or meta is None or not is_text:  # images: the val split is read from the dataset
@@ -93,41 +84,21 @@ def main(argv=None):
         try:
             meta = load_meta(data_dir, log=lambda line: print(line, file=sys.stderr))  # stdout holds the samples
         except DataError as e:
-            fail(f"{e} (or point --data_dir at a copy of the dataset)")
+            raise DataError(f"{e} (or point --data_dir at a copy of the dataset)") from None
     if args.compile:
         model.compile()  # in place: generate() calls the module, so it runs compiled too
 
     if not is_text:  # the split, read from disk batch by batch (it may be ImageNet's) and scored as train.py evaluates
-        try:
-            data = ImageData(data_dir, meta, args.device, args.batch_size, model.config.image_size, augment=False, stream=True)
-        except DataError as e:
-            fail(e)
+        data = ImageData(data_dir, meta, args.device, args.batch_size, model.config.image_size, augment=False, stream=True)
         loss_sum, correct, n = eval_sums(model, data.eval_batches(args.split, 0, 1), ctx).tolist()
         print(f"top-1 accuracy on {args.split}: {100 * correct / n:.2f}% ({int(n)} images), loss {loss_sum / n:.4f}")
         return
 
     if meta['vocab_size'] > model.config.vocab_size:
-        fail(f"the model knows {model.config.vocab_size} tokens, its tokenizer {meta['vocab_size']}: --data_dir "
-             "holds another dataset than the one it was trained on")
-    try:
-        encode, decode = get_tokenizer(meta)
-    except DataError as e:
-        fail(e)
-    start = args.start
-    if start.startswith('FILE:'):
-        try:
-            with open(start[5:], encoding='utf-8') as f:
-                start = f.read()
-        except OSError as e:
-            fail(f"cannot read the prompt file {start[5:]}: {e.strerror}")
-        except UnicodeDecodeError:
-            fail(f"the prompt file {start[5:]} is not UTF-8 text")
-    try:
-        start_ids = encode(start)
-    except ValueError as e:
-        fail(f"the prompt has {e}")
-    if not start_ids:
-        fail("the prompt is empty; give at least one token with --start")
+        raise ConfigError(f"the model knows {model.config.vocab_size} tokens, its tokenizer {meta['vocab_size']}: "
+                          "--data_dir holds another dataset than the one it was trained on")
+    encode, decode = get_tokenizer(meta)
+    start_ids = prompt_ids(args.start, encode)  # FILE:path reads the prompt from a file
     if model.config.vocab_size > meta['vocab_size']:  # a padded vocabulary: never sample the padding ids
         pad = torch.arange(meta['vocab_size'], model.config.vocab_size, device=args.device)
         model.lm_head.register_forward_hook(lambda module, inputs, logits: logits.index_fill(-1, pad, float('-inf')))
