@@ -85,8 +85,8 @@ def check_values(config):
     for key in FRACTIONS:
         if not 0 <= config[key] < 1:
             raise ConfigError(f"{key} must be in [0, 1), got {config[key]}")
-    if config['optimizer'] not in ('msgdw', 'adamw', 'muon'):
-        raise ConfigError(f"unknown optimizer {config['optimizer']!r}; choose 'msgdw', 'adamw' or 'muon'")
+    if config['optimizer'] not in ('msgdw', 'adamw', 'lion', 'muon'):
+        raise ConfigError(f"unknown optimizer {config['optimizer']!r}; choose 'msgdw', 'adamw', 'lion' or 'muon'")
     if config['optimizer'] == 'muon' and not hasattr(torch.optim, 'Muon'):
         raise ConfigError(f"optimizer='muon' needs torch 2.9 or newer (torch.optim.Muon); this is torch {torch.__version__}")
     check_dtype(config['device'], config['dtype'])

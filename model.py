@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from devices import fused_kernels, peak_flops
-from optim import SGDW, MuonAdamW
+from optim import Lion, MuonAdamW, SGDW
 
 # the paper's ablation S1..S5; 'standard' is the GPT-2 / ViT pre-norm model, 'dnt' is S5
 PRESETS = {
@@ -241,9 +241,11 @@ class Transformer(nn.Module):
             return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
         if optimizer == 'msgdw':
             return SGDW(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov, fused=fused)
+        if optimizer == 'lion':
+            return Lion(groups, lr=learning_rate, betas=betas, weight_decay=weight_decay)
         if optimizer == 'muon':
             return MuonAdamW(muon, groups, lr=learning_rate, weight_decay=weight_decay, betas=betas, fused=fused)
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'msgdw', 'adamw' or 'muon'")
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'msgdw', 'adamw', 'lion' or 'muon'")
 
     def flops_per_sample(self):
         """Training FLOPs of one sequence (PaLM appendix B, as in nanoGPT)."""

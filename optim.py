@@ -1,6 +1,6 @@
 """
-The optimizers of configure_optimizers (model.py): SGDW, the paper's mSGDW, and MuonAdamW for
-comparison. AdamW is torch's own.
+The optimizers of configure_optimizers (model.py): SGDW, the paper's mSGDW; Lion and MuonAdamW for
+comparison (neither is in the paper). AdamW is torch's own.
 """
 import torch
 
@@ -83,3 +83,29 @@ class MuonAdamW:
     def load_state_dict(self, state_dict):
         self.optimizers[0].load_state_dict(state_dict['muon'])
         self.optimizers[1].load_state_dict(state_dict['adamw'])
+
+
+class Lion(torch.optim.Optimizer):
+    """Lion (Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023): like mSGDW, one buffer
+    per weight, but every entry of the step has the same size. Each step, for a weight p with gradient g:
+
+        p <- p * (1 - lr * wd)                          decoupled decay
+        p <- p - lr * sign(beta1 * m + (1 - beta1) * g)  the step: the sign of an interpolation
+        m <- beta2 * m + (1 - beta2) * g                 the buffer (m = 0 before the first step)
+
+    A sign step is larger than AdamW's, so Lion takes a smaller lr and a larger wd (the paper: 3-10x each)."""
+
+    def __init__(self, params, lr, betas=(0.9, 0.99), weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            beta1, beta2 = group['betas']
+            for p in group['params']:
+                if p.grad is None:
+                    continue
+                m = self.state[p].setdefault('exp_avg', torch.zeros_like(p))
+                p.mul_(1 - group['lr'] * group['weight_decay'])
+                p.add_(torch.sign(m.lerp(p.grad, 1 - beta1)), alpha=-group['lr'])
+                m.lerp_(p.grad, 1 - beta2)

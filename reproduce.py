@@ -36,10 +36,11 @@ import numpy as np
 # ----------------------------------------------------------------------------------------
 # the setting
 
-LM = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, eval_interval=100, eval_iters=20, log_interval=100)
-VISION = dict(n_layer=4, n_head=4, n_embd=128, patch_size=7, batch_size=128, crop_padding=2, eval_interval=100, log_interval=100)
+WIDTH = 128  # every task's model width; a run at another width (the width study) names it
+LM = dict(n_layer=4, n_head=4, n_embd=WIDTH, block_size=64, batch_size=32, eval_interval=100, eval_iters=20, log_interval=100)
+VISION = dict(n_layer=4, n_head=4, n_embd=WIDTH, patch_size=7, batch_size=128, crop_padding=2, eval_interval=100, log_interval=100)
 # the regularizer study: the CIFAR-10 subset (4,000 train images) at patch 8, where 32 epochs take ~8 minutes here
-CIFAR = dict(n_layer=4, n_head=4, n_embd=128, patch_size=8, batch_size=128, crop_padding=4, label_smoothing=0.1,
+CIFAR = dict(n_layer=4, n_head=4, n_embd=WIDTH, patch_size=8, batch_size=128, crop_padding=4, label_smoothing=0.1,
              eval_interval=125, log_interval=125)
 COMMON = dict(compile=False, device='cpu', dtype='float32', grad_clip=1.0, dropout=0.0, gradient_accumulation_steps=1)
 # seeds at or below the sweep budget; long_seeds on the rungs above it (2 at the LM's 5,000, 3 for vision), and at
@@ -47,23 +48,33 @@ COMMON = dict(compile=False, device='cpu', dtype='float32', grad_clip=1.0, dropo
 SCALES = {
     'full': dict(lm=LM, vision=VISION, cifar=CIFAR, budgets=(400, 1500, 5000), sweep_budget=1500,
                  vision_budgets=(1400, 4200, 12600, 37800), cifar_budgets=(1000, 2000, 3000),
-                 first_lrs=3, seeds=3, long_seeds=dict(lm=2, vision=3, cifar=3), max_extensions=3, ablation_lrs=3),
+                 first_lrs=3, seeds=3, long_seeds=dict(lm=2, vision=3, cifar=3), max_extensions=3, ablation_lrs=3,
+                 widths=(64, 128, 256)),
     'quick': dict(lm={**LM, **dict(n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=8, eval_interval=10, eval_iters=2)},
                   vision={**VISION, **dict(n_layer=1, n_embd=32, n_head=2, batch_size=16, eval_interval=10)},
                   cifar={**CIFAR, **dict(n_layer=1, n_embd=32, n_head=2, batch_size=16, eval_interval=10)},
                   budgets=(10, 20, 40), sweep_budget=10, vision_budgets=(10,), cifar_budgets=(10, 20), first_lrs=2,
-                  seeds=2, long_seeds=dict(lm=2, vision=2, cifar=2), max_extensions=0, ablation_lrs=1),
+                  seeds=2, long_seeds=dict(lm=2, vision=2, cifar=2), max_extensions=0, ablation_lrs=1, widths=(32, 64)),
 }
-LR_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0]  # half-decade steps
-FIRST_LRS = {'adamw': [1e-3, 3e-3, 1e-2], 'muon': [1e-3, 3e-3, 1e-2], 'msgdw': [0.03, 0.1, 0.3]}  # extended until bracketed
+LR_GRID = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0]  # half-decade steps
+FIRST_LRS = {'adamw': [1e-3, 3e-3, 1e-2], 'muon': [1e-3, 3e-3, 1e-2], 'msgdw': [0.03, 0.1, 0.3],
+             'lion': [1e-4, 3e-4, 1e-3]}  # extended until bracketed
 WD_GRID = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]  # mSGDW's weight decay, swept at its best lr from 1e-4, 1e-3, 1e-2
-WEIGHT_DECAY = {'adamw': 0.1, 'muon': 0.1, 'msgdw': 1e-3}  # AdamW: nanoGPT's; Muon: AdamW's (its update is AdamW-scaled)
+WEIGHT_DECAY = {'adamw': 0.1, 'muon': 0.1, 'msgdw': 1e-3, 'lion': 1.0}  # AdamW: nanoGPT's; Muon: AdamW's (its update is
+# AdamW-scaled); Lion: 10x AdamW's, for an lr about 10x smaller (the Lion paper's advice), so that lr x wd is alike
+LION_BETAS = dict(beta1=0.9, beta2=0.99)  # the Lion paper's default
+# where a budget judges its cells (the four cells on CIFAR-10): the weight decay swept too, at the best lr
+WD_SWEEPS = {'msgdw': (WD_GRID[1:4], 1, WD_GRID), 'adamw': ([0.05, 0.1, 0.3], 0, [0.05, 0.1, 0.3])}  # start, extensions, grid
 MIN_LR_RATIO = 0.1  # cosine decay to a tenth of each run's peak learning rate
 WARMUP = 0.2  # warmup as a fraction of each run, the same for every cell: the warmup study's best for all four cells
 WARMUPS, MOMENTA = (0.02, 0.07, 0.2), (0.9, 0.95)  # the warmup study
 STUDY_WARMUP = 0.07  # the study runs each cell at its best lr and wd found with this warmup (the ladder's first choice)
 CELLS = {'lm': [(p, o) for o in ('adamw', 'msgdw', 'muon') for p in ('standard', 'dnt')],
          'vision': [(p, o) for o in ('adamw', 'msgdw') for p in ('standard', 'dnt')]}
+CELLS['cifar'] = CELLS['vision']
+WIDTH_CELLS = [('standard', 'adamw'), ('dnt', 'msgdw'), ('standard', 'msgdw')]  # the gap against width
+LION_CELLS = [('standard', 'lion'), ('dnt', 'lion')]
+HEAD_DIM = 32  # the width study scales the heads with the width
 ABLATION = {'S1 standard': dict(preset='standard'), 'S2 +QKNorm': dict(preset='s2'), 'S3 +InputNorm': dict(preset='s3'),
             'S4 +MidNorm, both PreNorms': dict(preset='s4'), 'S5 DNT (LayerNorm)': dict(preset='dnt'),
             'S5 DNT (RMSNorm)': dict(preset='dnt', norm='rmsnorm')}
@@ -73,7 +84,8 @@ REGULARIZERS = {'drop_path': dict(drop_path=0.1), '3-Augment': dict(three_augmen
 NO_REGULARIZERS = dict(drop_path=0.0, three_augment=False, color_jitter=0.0, random_erasing=0.0, ema_decay=0.0)
 REGULARIZED_CELLS = [('standard', 'adamw'), ('dnt', 'msgdw')]
 REGULARIZED_LRS = {'adamw': [3e-4, 1e-3, 3e-3], 'msgdw': [0.01, 0.03, 0.1]}  # around the Fashion-MNIST ladder's best
-PARTS = dict(ladder='lm', warmup='lm', ablation='lm', vision='vision', regularizers='cifar')  # each part's task
+PARTS = dict(ladder=('lm',), warmup=('lm',), ablation=('lm',), vision=('vision',), regularizers=('cifar',),
+             cells=('cifar',), width=('lm', 'cifar'), lion=('lm', 'cifar'))  # each part's tasks
 SOURCES = dict(lm=('shakespeare_char', 'tinyshakespeare/input.txt'), vision=('npz', 'fashion_mnist/fashion_mnist.npz'),
                cifar=('npz', 'cifar10_subset/cifar10_subset.npz'))  # each task's prepare_data.py dataset, under DATA
 SEED = 1337
@@ -219,6 +231,7 @@ def run_name(args):
     name += f"_wu{args['warmup_iters'] / args['max_iters']:.2g}"
     name += f"_m{args['momentum']:g}" if args['optimizer'] == 'msgdw' and args['momentum'] != 0.9 else ''
     name += '_rmsnorm' if args.get('norm') == 'rmsnorm' else ''
+    name += f"_w{args['n_embd']}" if args.get('n_embd', WIDTH) != WIDTH else ''
     if args['task'] == 'cifar':
         codes = dict(drop_path='dp', three_augment='3a', random_erasing='re', ema_decay='ema')
         name += '_reg-' + ('-'.join(code for key, code in codes.items() if args[key]) or 'none')
@@ -406,6 +419,103 @@ def regularizers(runner, ctx):
     for (cell, name), result in results.items():
         out[cell]['variants'][name] = result
     return out
+
+
+def tune(runner, scale, base, first_lrs, n_seeds):
+    """A cell tuned where its budget judges it: the lr swept until bracketed; the weight decay swept at the best lr
+    (WD_SWEEPS); where the best weight decay moved, the lr again from the best and its neighbours; then seeds."""
+    lrs, best_lr = sweep(runner, base, 'learning_rate', first_lrs, scale['max_extensions'], LR_GRID)
+    base, wds, lrs_again = {**base, 'learning_rate': best_lr}, {base['weight_decay']: lrs[best_lr]}, {}
+    if base['optimizer'] in WD_SWEEPS:
+        values, extensions, grid = WD_SWEEPS[base['optimizer']]
+        wds, best_wd = sweep(runner, base, 'weight_decay', values, extensions, grid)
+        if score(base['task'], wds[best_wd]) > score(base['task'], wds[base['weight_decay']]):  # a tie keeps the lr's wd
+            base['weight_decay'] = best_wd
+            i = LR_GRID.index(best_lr)
+            lrs_again, best_lr = sweep(runner, base, 'learning_rate', LR_GRID[max(0, i - 1):i + 2], scale['max_extensions'], LR_GRID)
+            base['learning_rate'] = best_lr
+    return dict(budget=base['max_iters'], best_lr=best_lr, best_wd=base['weight_decay'], lr_sweep=short(lrs, base['task']),
+                wd_sweep=short(wds, base['task']), lr_sweep_at_best_wd=short(lrs_again, base['task']),
+                **seeds_of(runner, base, n_seeds))
+
+
+def cifar_base(ctx, preset, optimizer, width=WIDTH):
+    """A cell on the CIFAR-10 subset at the regularizer study's longest budget, the regularizers off."""
+    return with_budget({**ctx['bases']['cifar'], 'preset': preset, 'optimizer': optimizer, **NO_REGULARIZERS,
+                        'weight_decay': WEIGHT_DECAY[optimizer], **at_width(ctx['bases']['cifar'], width),
+                        **(LION_BETAS if optimizer == 'lion' else {})}, ctx['scale']['cifar_budgets'][-1])
+
+
+def at_width(base, width):
+    """Depth as it is, heads scaled with the width (HEAD_DIM each, as at the default width)."""
+    return dict(n_embd=width, n_head=max(1, width * base['n_head'] // base['n_embd']))
+
+
+def four_cells(runner, ctx):
+    """The four cells on the CIFAR-10 subset at the longest budget, regularizers off, each tuned there (tune)."""
+    scale = ctx['scale']
+    first = {'adamw': REGULARIZED_LRS['adamw'], 'msgdw': REGULARIZED_LRS['msgdw']}
+    cells = CELLS['cifar']
+    tuned = parallel(lambda c: tune(runner, scale, cifar_base(ctx, *c), first[c[1]], scale['long_seeds']['cifar']), cells)
+    return {f"{scale['cifar_budgets'][-1]}/{p}+{o}": t for (p, o), t in zip(cells, tuned)}
+
+
+def width_study(runner, ctx, task):
+    """Standard + AdamW, DNT + mSGDW and standard + mSGDW at each width. At the task's own width the tuned cells
+    (the ladder's at the sweep budget, or four_cells); at the others the lr swept from that width's best and its
+    neighbours, at its weight decay, one seed, and more seeds for two cells that end within twice their seed spread
+    at the tuned width."""
+    scale, base_width = ctx['scale'], ctx['bases'][task]['n_embd']
+    if task == 'lm':
+        tuned = dict(zip(WIDTH_CELLS, parallel(lambda c: run_cell(runner, ctx, 'lm', scale['sweep_budget'], *c), WIDTH_CELLS)))
+    else:
+        cells = four_cells(runner, ctx)
+        tuned = {(p, o): cells[f"{scale['cifar_budgets'][-1]}/{p}+{o}"] for p, o in WIDTH_CELLS}
+
+    def point(job):
+        width, (preset, optimizer) = job
+        ref = tuned[(preset, optimizer)]
+        if width == base_width:
+            return ref
+        if task == 'lm':
+            base = with_budget({**ctx['bases']['lm'], 'preset': preset, 'optimizer': optimizer}, scale['sweep_budget'])
+            base.update(at_width(ctx['bases']['lm'], width))
+        else:
+            base = cifar_base(ctx, preset, optimizer, width)
+        base['weight_decay'] = ref['best_wd']
+        i = LR_GRID.index(ref['best_lr'])
+        lrs, best_lr = sweep(runner, base, 'learning_rate', LR_GRID[max(0, i - 1):i + 2], scale['max_extensions'], LR_GRID)
+        return dict(best_lr=best_lr, best_wd=ref['best_wd'], lr_sweep=short(lrs, task), base={**base, 'learning_rate': best_lr},
+                    **seeds_of(runner, {**base, 'learning_rate': best_lr}, 1))
+
+    jobs = [(w, c) for w in scale['widths'] for c in WIDTH_CELLS]
+    points = dict(zip(jobs, parallel(point, jobs)))
+    # seeds where two cells end within twice their seed spread at the tuned width
+    close = set()
+    for w in scale['widths']:
+        for i, a in enumerate(WIDTH_CELLS):
+            for b in WIDTH_CELLS[i + 1:]:
+                spread = 2 * math.hypot(tuned[a]['std'], tuned[b]['std'])
+                if w != base_width and abs(points[(w, a)]['mean'] - points[(w, b)]['mean']) <= spread:
+                    close |= {(w, a), (w, b)}
+    seeded = parallel(lambda job: seeds_of(runner, points[job]['base'], scale['long_seeds']['cifar']), sorted(close))
+    for job, result in zip(sorted(close), seeded):
+        points[job].update(result)
+    return {f'{w}/{p}+{o}': {k: v for k, v in c.items() if k != 'base'} for (w, (p, o)), c in points.items()}
+
+
+def lion_cells(runner, ctx, task):
+    """Standard + Lion and DNT + Lion, the lr swept until bracketed at Lion's weight decay, then seeds: on the LM at
+    the sweep budget, on the CIFAR-10 subset as four_cells."""
+    scale = ctx['scale']
+    if task == 'lm':
+        bases = [with_budget({**ctx['bases']['lm'], 'preset': p, 'optimizer': o, 'weight_decay': WEIGHT_DECAY[o], **LION_BETAS},
+                             scale['sweep_budget']) for p, o in LION_CELLS]
+    else:
+        bases = [cifar_base(ctx, p, o) for p, o in LION_CELLS]
+    n_seeds = scale['seeds'] if task == 'lm' else scale['long_seeds']['cifar']
+    tuned = parallel(lambda base: tune(runner, scale, base, FIRST_LRS['lion'][:scale['first_lrs']], n_seeds), bases)
+    return {f"{base['max_iters']}/{p}+{o}": t for base, (p, o), t in zip(bases, LION_CELLS, tuned)}
 
 
 def memory_table():
@@ -762,7 +872,7 @@ def main():
 
     data_dirs = {task: os.path.join(out, 'data', task) for task in SOURCES}
     if not args.tables_only:
-        for task in {PARTS[part] for part in parts}:
+        for task in {task for part in parts for task in PARTS[part]}:
             dataset, source = SOURCES[task]
             if not os.path.exists(data_dirs[task]):
                 subprocess.run([sys.executable, 'prepare_data.py', dataset, '--input', os.path.join(args.data_root, source),
@@ -779,7 +889,9 @@ def main():
                               sweep_budget=scale['sweep_budget'], min_lr_ratio=MIN_LR_RATIO, seed=SEED)
     experiments = {'ladder': lambda b: ladder(runner, ctx, 'lm', b), 'warmup': lambda b: warmup_study(runner, ctx),
                    'ablation': lambda b: ablation(runner, ctx), 'vision': lambda b: ladder(runner, ctx, 'vision', b),
-                   'regularizers': lambda b: regularizers(runner, ctx)}
+                   'regularizers': lambda b: regularizers(runner, ctx), 'cells': lambda b: four_cells(runner, ctx),
+                   'width': lambda b: {task: width_study(runner, ctx, task) for task in ('lm', 'cifar')},
+                   'lion': lambda b: {task: lion_cells(runner, ctx, task) for task in ('lm', 'cifar')}}
     asked = {'ladder': budgets, 'vision': vision_budgets}
     for part in parts if runner.train else []:
         runner.part = f"{part} {','.join(map(str, asked[part]))}" if part in asked else part

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import model as M
-from optim import SGDW
+from optim import SGDW, Lion
 
 L, H, C = 2, 2, 32  # tiny trunk: layers, heads, width
 GPT_TINY = dict(n_layer=L, n_head=H, n_embd=C, block_size=16, vocab_size=50)
@@ -369,13 +369,13 @@ def param_ids(params):
     return [id(p) for p in params]
 
 
-@pytest.mark.parametrize('name', ['msgdw', 'adamw'])
+@pytest.mark.parametrize('name', ['msgdw', 'adamw', 'lion'])
 @pytest.mark.parametrize('kind', ['gpt', 'vit-cls'])
 def test_configure_optimizers_groups(kind, name):
     model = make(kind, preset='dnt', bias=True)
     lr, wd = 0.1, 0.05
     opt = model.configure_optimizers(name, lr, wd)
-    assert type(opt) is (SGDW if name == 'msgdw' else torch.optim.AdamW)
+    assert type(opt) is dict(msgdw=SGDW, adamw=torch.optim.AdamW, lion=Lion)[name]
     assert len(opt.param_groups) == 2
     decay, no_decay = opt.param_groups
     params = list(model.parameters())
@@ -400,6 +400,31 @@ def test_configure_optimizers_groups(kind, name):
     opt.step()
     for p, p0 in zip(params, before):
         torch.testing.assert_close(p.detach(), p0 * (1 - lr * wd) if p.dim() >= 2 else p0, rtol=1e-6, atol=0)
+
+
+def test_lion_step_by_hand():
+    """Two Lion steps against the update written out: decay, the sign of the interpolation, then the buffer."""
+    lr, wd, (b1, b2) = 0.01, 0.5, (0.9, 0.99)
+    p0 = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64)
+    g1 = torch.tensor([[0.3, -0.1], [0.0, 2.0]], dtype=torch.float64)
+    g2 = torch.tensor([[-0.4, -0.2], [0.1, -0.01]], dtype=torch.float64)
+    p, frozen = nn.Parameter(p0.clone()), nn.Parameter(p0.clone())
+    opt = Lion([p, frozen], lr=lr, betas=(b1, b2), weight_decay=wd)
+    p.grad = g1.clone()
+    opt.step()
+    # step 1: m = 0, so the step is sign(g1): a zero gradient entry stays put apart from the decay
+    p1 = p0 * (1 - lr * wd) - lr * torch.tensor([[1.0, -1.0], [0.0, 1.0]], dtype=torch.float64)
+    m1 = (1 - b2) * g1
+    torch.testing.assert_close(p.detach(), p1, rtol=1e-14, atol=1e-14)
+    p.grad = g2.clone()
+    opt.step()
+    # step 2: c = 0.9 m1 + 0.1 g2 = [[-0.0373, -0.0209], [0.01, 0.017]]: the sign of c, not of g2, at [1, 1]
+    c = b1 * m1 + (1 - b1) * g2
+    assert torch.equal(torch.sign(c), torch.tensor([[-1.0, -1.0], [1.0, 1.0]], dtype=torch.float64))
+    p2 = p1 * (1 - lr * wd) - lr * torch.sign(c)
+    torch.testing.assert_close(p.detach(), p2, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(opt.state[p]['exp_avg'], b2 * m1 + (1 - b2) * g2, rtol=1e-14, atol=1e-14)
+    assert torch.equal(frozen.detach(), p0) and frozen not in opt.state
 
 
 def test_configure_optimizers_unknown_name():

@@ -83,14 +83,14 @@ drop_path = 0.0  # stochastic depth of the last block (linearly less before it);
 bias = False
 patch_size = 4  # ViT
 pool = 'cls'  # ViT: 'cls' or 'mean'
-# optimizer: 'msgdw' (momentum SGD, decoupled weight decay), 'adamw', or 'muon' (Muon + AdamW; optim.py)
+# optimizer: 'msgdw' (momentum SGD, decoupled weight decay), 'adamw', 'lion' or 'muon' (Muon + AdamW; optim.py)
 optimizer = 'msgdw'
 learning_rate = 1.0
 weight_decay = 1e-4
 momentum = 0.9  # msgdw
 nesterov = False  # msgdw
-beta1 = 0.9  # adamw
-beta2 = 0.95  # adamw
+beta1 = 0.9  # adamw, lion
+beta2 = 0.95  # adamw, lion
 grad_clip = 1.0  # 0 disables
 ema_decay = 0.0  # an exponential moving average of the weights, evaluated beside them; 0: off
 # learning rate: linear warmup, then cosine decay to min_lr
