@@ -31,7 +31,7 @@ def load(path, *keys):
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        if 'Unsupported global' not in str(e):
+        if not any(words in str(e) for words in ('Unsupported global', 'unsupported GLOBAL')):
             raise ConfigError(f"{path} is not a readable checkpoint (UnpicklingError)") from None
         raise ConfigError(f"{path} was refused: it names Python objects other than tensors and plain data, and "
                           "loading those could run code; train.py writes no such checkpoint") from None
@@ -103,7 +103,12 @@ def restore(checkpoint, path, model, ema, model_args, optimizer, scaler, data_ge
         detail = ' '.join(str(e).split())[:300]  # the missing, unexpected or misshapen keys
         raise ConfigError(f"{path}: its weights do not fit its model_args ({detail})") from None
     if ema is not None and checkpoint.get('ema'):
-        ema.load_state_dict(checkpoint['ema'])
+        try:
+            ema.load_state_dict(checkpoint['ema'])
+        except RuntimeError as e:
+            detail = ' '.join(str(e).split())[:300]
+            raise ConfigError(f"{path}: its EMA of the weights does not fit its model ({detail}); "
+                              "--ema_decay=0 resumes without it") from None
     elif ema is not None:
         ema.update_parameters(model)  # its first update copies the weights
         log(f"resume: {path} holds no EMA of the weights; it starts from the weights at iter {checkpoint['iter_num']}")
@@ -143,18 +148,44 @@ def restore(checkpoint, path, model, ema, model_args, optimizer, scaler, data_ge
 
 
 def start_run_dir(out_dir, config, checkpoint):
-    """Write config.json; a fresh run starts a fresh log.jsonl (and with overwrite=True, without the old
-    checkpoint); a resumed one cuts what a killed run logged after its checkpoint, to be logged again."""
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-        json.dump(config, f, indent=1)
+    """Write config.json (out_dir is the run's: train.py holds its run.lock); a fresh run starts a fresh
+    log.jsonl (and with overwrite=True, without the old checkpoint); a resumed one cuts what a killed run logged
+    after its checkpoint, to be logged again, and a line cut midway."""
+    write_atomically(os.path.join(out_dir, 'config.json'), json.dumps(config, indent=1))
     log_path = os.path.join(out_dir, 'log.jsonl')
     if checkpoint is None:
         for path in (log_path, os.path.join(out_dir, 'ckpt.pt')):
             if os.path.exists(path):
                 os.remove(path)
-    elif os.path.exists(log_path) and os.path.getsize(log_path) > checkpoint.get('log_bytes', math.inf):
-        os.truncate(log_path, checkpoint['log_bytes'])
+    elif os.path.exists(log_path):
+        with open(log_path, 'rb') as f:
+            kept = f.read(min(os.path.getsize(log_path), checkpoint.get('log_bytes', math.inf)))
+        os.truncate(log_path, kept.rfind(b'\n') + 1)  # whole lines only
+
+
+def write_atomically(path, text):
+    """path holds text, or (a full or read-only disk) what it held before, and ConfigError says why."""
+    try:
+        with open(path + '.tmp', 'w') as f:
+            f.write(text)
+        os.replace(path + '.tmp', path)
+    except OSError as e:
+        if os.path.exists(path + '.tmp'):
+            os.remove(path + '.tmp')
+        raise ConfigError(f"cannot write {path} ({e.strerror}); nothing in it was changed: free space or fix the "
+                          "permissions of out_dir") from None
+
+
+def append_log(path, record, iter_num):
+    """One line of log.jsonl; on a full disk, the log as it was and ConfigError (ckpt.pt holds the last save)."""
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    try:
+        with open(path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+    except OSError as e:
+        os.truncate(path, size)
+        raise ConfigError(f"cannot write {path} at iter {iter_num} ({e.strerror}); free space, then resume from "
+                          "its checkpoint") from None
 
 
 def load_gpt2(name, config, meta, data_dir):

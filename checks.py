@@ -3,24 +3,35 @@ Every input train.py takes, checked before anything in out_dir is touched: the c
 resumed run's), and the data. A run that cannot start changes nothing there. Every refusal is a ConfigError
 or a DataError, reported by the scripts in one line.
 """
+import fcntl
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import torch
 
 import checkpoint
-from configurator import ConfigError, overrides_from
+from configurator import ConfigError, DataError, overrides_from
 from devices import check_device, check_dtype, default_dtype
 from model import GPT2_MODELS
 
-# the keys of an invocation (where it runs, what it does): a resumed run never takes them from its checkpoint
-INVOCATION = ('out_dir', 'init_from', 'eval_only', 'overwrite', 'reset_optimizer', 'device', 'dtype', 'compile')
+# A resumed run takes every key from its checkpoint (given anew, a key overrides it) but the command's own ...
+INVOCATION = ('out_dir', 'init_from', 'eval_only', 'overwrite', 'reset_optimizer')
+# ... and the machine's: where it runs, what it reads with. The rest, dtype and compile among them, are the run's.
+MACHINE = ('device', 'data_workers')
+ROUNDING = ('device', 'dtype', 'compile')  # another value rounds differently: the run drifts from an unbroken one
+DATA_KEYS = ('dataset', 'data_dir')  # a resumed run keeps its data
+IMAGE_KEYS = ('image_size', 'stream', 'data_workers', 'augment', 'crop', 'crop_padding', 'rrc_min_scale', 'flip', 'mixup',
+              'cutmix', 'three_augment', 'color_jitter', 'random_erasing', 'label_smoothing', 'patch_size', 'pool')
+TEXT_KEYS = ('block_size', 'vocab_size')
+RUN_FILES = ('config.json', 'log.jsonl', 'ckpt.pt', 'run.lock')  # what train.py writes in out_dir
 AT_LEAST = dict(batch_size=1, gradient_accumulation_steps=1, eval_interval=1, log_interval=1, eval_iters=1,
                 max_iters=0, warmup_iters=0, lr_decay_iters=0, grad_stats_interval=0, vocab_size=0, crop_padding=0,
                 learning_rate=0, min_lr=0, weight_decay=0, grad_clip=0)
-FRACTIONS = ('momentum', 'beta1', 'beta2', 'label_smoothing', 'color_jitter', 'random_erasing', 'ema_decay')  # each in [0, 1)
+FRACTIONS = ('momentum', 'beta1', 'beta2', 'label_smoothing', 'color_jitter', 'ema_decay')  # each in [0, 1)
+PROBABILITIES = ('random_erasing',)  # each in [0, 1]
 
 
 def resolve(defaults, argv):
@@ -44,9 +55,15 @@ def resolve(defaults, argv):
         except ConfigError as e:
             raise ConfigError(f"{e}; check --out_dir, or start a new run there with --init_from=scratch "
                               "(--overwrite=True replaces a ckpt.pt)") from None
-        stored = {k: v for k, v in stored_run['config'].items() if k in defaults and k not in INVOCATION}
+        stored = {k: v for k, v in stored_run['config'].items() if k in defaults and k not in INVOCATION + MACHINE}
         overrides = {k: (stored[k], v) for k, v in cli.items() if k in stored and v != stored[k]}
         config = {**defaults, **stored, **cli}
+        trained_on = data_path(stored_run['config'])
+        other = {k: cli[k] for k in DATA_KEYS if k in cli and cli[k] != stored.get(k)}
+        if other and os.path.abspath(data_path(config)) != os.path.abspath(trained_on) or 'dataset' in other:
+            given = ' '.join(f"--{k}={v}" for k, v in other.items())
+            raise ConfigError(f"{ckpt_path} was trained on the data in {trained_on}, and {given} names other data: a "
+                              "resumed run keeps its data; resume without it, or train on other data in another --out_dir")
     elif os.path.exists(ckpt_path) and config['eval_only']:
         raise ConfigError(f"{ckpt_path} holds a run: evaluate it with --init_from=resume --eval_only=True "
                           "(eval_only from scratch evaluates a fresh model, in another out_dir)")
@@ -56,6 +73,9 @@ def resolve(defaults, argv):
     check_device(config['device'])
     notes = []
     config['dtype'] = config['dtype'] or default_dtype(config['device'])  # follows the device actually used
+    if stored_run is not None:
+        notes += resume_notes(stored_run['config'], config)
+    notes += unused_keys(config, cli, defaults)
     if config['device'].startswith('mps'):
         if 'compile' not in cli:
             config['compile'] = False
@@ -66,10 +86,49 @@ def resolve(defaults, argv):
     check_values(config)
     if not config['eval_only']:
         check_writable(config['out_dir'])
+        for name in RUN_FILES:
+            path = os.path.join(config['out_dir'], name)
+            if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
+                raise ConfigError(f"{path} is not a regular file, and the run writes one there: move it away, or "
+                                  "give another --out_dir")
     if stored_run is not None and stored_run['iter_num'] > config['max_iters']:
         raise ConfigError(f"{ckpt_path} is at iter {stored_run['iter_num']}, past max_iters ({config['max_iters']}); "
                           "raise max_iters to train on")
     return config, stored_run, overrides, notes
+
+
+def data_path(config):
+    return config['data_dir'] or os.path.join('data', config['dataset'])
+
+
+def resume_notes(stored, config):
+    """What a resumed run changes that the user may not see coming."""
+    notes = []
+    kind = lambda device: device.split(':')[0]
+    rounding = [k for k in ROUNDING if (kind(stored.get(k, '')) if k == 'device' else stored.get(k)) !=
+                (kind(config[k]) if k == 'device' else config[k])]
+    if rounding:
+        notes.append("resume: " + ', '.join(f"{k} {config[k]!r} (the stored run's: {stored.get(k)!r})" for k in rounding)
+                     + ": this rounds differently, so from here on the run will not equal one that was never stopped")
+    if stored.get('ema_decay') and not config['ema_decay']:
+        notes.append("resume: ema_decay=0: the checkpoint's EMA of the weights is dropped at the next save")
+    return notes
+
+
+def unused_keys(config, given, defaults):
+    """A note naming the keys set (to other than their default) that the run's kind of data ignores."""
+    meta_path = os.path.join(data_path(config), 'meta.json')
+    try:
+        with open(meta_path, encoding='utf-8') as f:
+            kind = json.load(f).get('kind')
+    except (OSError, ValueError, AttributeError):
+        return []  # nanoGPT's token files (text) or no dataset: the data checks say what is wrong
+    unused = [k for k in (IMAGE_KEYS if kind == 'text' else TEXT_KEYS if kind == 'image' else ())
+              if k in given and given[k] != defaults[k]]
+    if not unused:
+        return []
+    return [f"{', '.join(unused)}: set, but {kind} data does not use {'it' if len(unused) == 1 else 'them'}; "
+            f"this run ignores {'it' if len(unused) == 1 else 'them'}"]
 
 
 def check_values(config):
@@ -85,6 +144,9 @@ def check_values(config):
     for key in FRACTIONS:
         if not 0 <= config[key] < 1:
             raise ConfigError(f"{key} must be in [0, 1), got {config[key]}")
+    for key in PROBABILITIES:
+        if not 0 <= config[key] <= 1:
+            raise ConfigError(f"{key} must be in [0, 1], got {config[key]}")
     if config['optimizer'] not in ('msgdw', 'adamw', 'lion', 'muon'):
         raise ConfigError(f"unknown optimizer {config['optimizer']!r}; choose 'msgdw', 'adamw', 'lion' or 'muon'")
     if config['optimizer'] == 'muon' and not hasattr(torch.optim, 'Muon'):
@@ -142,8 +204,41 @@ def check_writable(out_dir):
     existing = os.path.abspath(out_dir)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"cannot make {out_dir}: {existing} is a file, not a directory; give another --out_dir")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write to {existing} (read-only or not yours): give another --out_dir")
+
+
+_claimed = []  # the locks this process holds, open until it exits
+
+
+def claim(lock_path, what):
+    """An OS lock (flock) on lock_path, made if missing (and its folder), held until this process ends: no
+    second process writes `what` meanwhile. The kernel drops it when the process dies: a killed run leaves no
+    stale lock."""
+    while True:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConfigError(f"cannot write {lock_path} ({e.strerror}); free space or fix its permissions") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'another process'
+            os.close(fd)
+            raise ConfigError(f"{what} is in use by {holder}; wait until it ends, or give another directory") from None
+        if os.path.exists(lock_path) and os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # its last holder removed it meanwhile: lock the file now there
+    try:  # who holds it, for the message above; a full disk leaves it unsaid
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} ({os.path.basename(sys.argv[0])})".encode(), 0)
+    except OSError:
+        pass
+    _claimed.append(fd)
+    return fd
 
 
 def model_config(ModelConfig, config, from_data, meta):
@@ -168,10 +263,6 @@ def model_config(ModelConfig, config, from_data, meta):
 # ----------------------------------------------------------------------------------------
 # the data (data.py's readers call these; prepare_data.py checks what it writes with them)
 
-class DataError(Exception):
-    """A problem with the data or its source, reported in one line."""
-
-
 def read_meta(data_dir):
     """data_dir's meta.json, checked; a missing one names the command that writes it."""
     path = os.path.join(data_dir, 'meta.json')
@@ -188,7 +279,7 @@ def read_meta(data_dir):
     return meta
 
 
-def check_meta(meta, path):
+def check_meta(meta, path, fix='prepare the dataset again'):
     """The fields train.py and sample.py read, of the right kinds; else DataError naming the file."""
     count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
     if not isinstance(meta, dict) or meta.get('kind') not in ('text', 'image'):
@@ -203,7 +294,7 @@ def check_meta(meta, path):
         problem = "an image dataset needs shape [H, W, C], num_classes, and C values of mean and std"
     else:
         return
-    raise DataError(f"{path} does not describe a dataset: {problem}; prepare the dataset again")
+    raise DataError(f"{path} does not describe a dataset: {problem}; {fix}")
 
 
 def check_images(x, y, name, num_classes=None):

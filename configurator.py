@@ -5,7 +5,7 @@ Defaults are the module-level values of the calling script. A config file is Pyt
 run in a fresh namespace; its public names override the defaults. `--key=value` is parsed
 with ast.literal_eval (a bare word stays a string). Later arguments win. An unknown key or a
 value of the wrong type, or a config file that does not run, raises ConfigError, which the
-scripts report in one line; an int is accepted for a float.
+scripts report in one line (report_errors); an int is accepted for a float.
 """
 import argparse
 import ast
@@ -21,18 +21,26 @@ class ConfigError(ValueError):
     report it in one line (report_errors)."""
 
 
-def report_errors(script, *error_types):
-    """From here on, an uncaught ConfigError (or one of error_types) ends the script with its message as
-    one line on stderr and exit status 1; any other exception keeps its traceback."""
-    types_ = (ConfigError, *error_types)
+class DataError(Exception):
+    """A problem with the data or its source, reported in one line."""
+
+
+def report_errors(script):
+    """From here on, an uncaught ConfigError or DataError ends the script with its message as one line on
+    stderr and exit status 1, and so does a Ctrl-C that comes before the script takes SIGINT itself; any other
+    exception keeps its traceback."""
 
     def hook(exc_type, exc, tb):
-        if not issubclass(exc_type, types_):
+        if not issubclass(exc_type, (ConfigError, DataError, KeyboardInterrupt)):
             return sys.__excepthook__(exc_type, exc, tb)
         if os.environ.get('RANK', '0') == '0':  # under torchrun, every process refuses the same input: say it once
-            print(f"{script}: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+            message = 'interrupted (Ctrl-C) before training began' if exc_type is KeyboardInterrupt else str(exc)
+            print(f"{script}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
         else:  # torchrun stops every process once one exits: the others wait, so that rank 0 has said it
             time.sleep(2)
+        if exc_type is KeyboardInterrupt:  # which would otherwise end the process by SIGINT, not with status 1
+            sys.stdout.flush()
+            os._exit(1)
 
     sys.excepthook = hook
 
@@ -56,8 +64,9 @@ def defaults_of(script):
     """A script's default config, without running it: its code up to `config_keys = ...`, run in a fresh namespace."""
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), script)) as f:
         source = f.read()
-    namespace = {}
+    namespace, hook = {}, sys.excepthook
     exec(compile(source[:source.index('\nconfig_keys = ')], script, 'exec'), namespace)
+    sys.excepthook = hook  # the script's report_errors is for the script
     return {k: v for k, v in namespace.items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))}
 
 

@@ -1,3 +1,6 @@
+import os
+import subprocess
+
 import pytest
 import torch
 
@@ -27,3 +30,24 @@ def pytest_configure(config):
 def pytest_runtest_setup(item):
     if item.get_closest_marker('cuda') and not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """mount(size) -> a fresh tmpfs of about `size` bytes (needs root, as CI and the dev machines run), unmounted
+    after the test."""
+    mounts = []
+
+    def mount(size):
+        d = tmp_path / f'fs{len(mounts)}'
+        d.mkdir()
+        pages = -(-size // 4096)
+        if os.geteuid() != 0 or subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={pages * 4096}', 'tmpfs', str(d)],
+                                               capture_output=True).returncode != 0:
+            pytest.skip("needs root and tmpfs to make a small filesystem")
+        mounts.append(d)
+        return d
+
+    yield mount
+    for d in mounts:
+        subprocess.run(['umount', str(d)], capture_output=True)

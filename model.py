@@ -197,8 +197,8 @@ class Transformer(nn.Module):
             wpe=nn.Embedding(n_pos, config.n_embd),
             ln_in=norm_layer(config, config.n_embd, config.input_norm),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config, causal, config.drop_path * i / max(config.n_layer - 1, 1))
-                             for i in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, causal, config.drop_path * i / (config.n_layer - 1) if config.n_layer > 1
+                                   else config.drop_path) for i in range(config.n_layer)]),
             ln_f=norm_layer(config, config.n_embd, config.final_norm),
         ))
 

@@ -48,7 +48,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from checks import DataError, check_images, file_stamp
+from checks import DataError, check_images, claim, file_stamp
+from configurator import ConfigError
 from data import DATASET_FILES, get_tokenizer, gpt2_encoding
 
 # file in the download cache -> (url, md5)
@@ -178,11 +179,23 @@ def atomic_dir(out_dir, resumable=False):
     """Yield a temporary sibling of out_dir that replaces out_dir only if the block succeeds.
     An existing out_dir is replaced only if it is empty or a dataset in this script's format.
     resumable: the sibling is .NAME.partial, kept when the block fails, so that a rerun can continue
-    what it holds (the block checks that it is its own); removed on failure only if still empty."""
+    what it holds (the block checks that it is its own); removed on failure only if still empty.
+    One prepare_data.py at a time writes out_dir: it holds .NAME.lock beside it meanwhile."""
     check_replaceable(out_dir)
-    out_dir = os.path.abspath(out_dir)
+    parent, name = os.path.split(os.path.abspath(out_dir))
+    lock = os.path.join(parent, f'.{name}.lock')
+    lock_fd = claim(lock, out_dir)
+    try:
+        with _replacing(os.path.abspath(out_dir), resumable) as tmp:
+            yield tmp
+    finally:
+        os.remove(lock)  # while still held: a process waiting on this file then locks a new one
+        os.close(lock_fd)
+
+
+@contextmanager
+def _replacing(out_dir, resumable):
     parent, name = os.path.split(out_dir)
-    os.makedirs(parent, exist_ok=True)
     if resumable:
         tmp = os.path.join(parent, f'.{name}.partial')
         if os.path.islink(tmp) or os.path.lexists(tmp) and not os.path.isdir(tmp):
@@ -557,8 +570,11 @@ def main(argv=None):
             meta = DATASETS[args.name](tmp, args)
             with open(os.path.join(tmp, 'meta.json'), 'w', encoding='utf-8') as f:
                 json.dump(meta, f, indent=1)
-    except DataError as e:
+    except (DataError, ConfigError) as e:
         sys.exit(f"prepare_data.py: error: {' '.join(str(e).split())}")  # always one line
+    except OSError as e:  # a full or read-only disk
+        sys.exit(f"prepare_data.py: error: cannot write {e.filename or out_dir} ({e.strerror}); nothing was replaced: "
+                 "free space, or give another --out_dir")
     except KeyboardInterrupt:
         sys.exit("prepare_data.py: interrupted; nothing half-written is kept but what a rerun continues from")
     if meta['kind'] == 'text':

@@ -542,12 +542,24 @@ def memory_table():
 # tables and figures
 
 CELL_NAMES = {'standard+adamw': 'standard + AdamW', 'dnt+adamw': 'DNT + AdamW', 'standard+msgdw': 'standard + mSGDW',
-              'dnt+msgdw': 'DNT + mSGDW', 'standard+muon': 'standard + Muon', 'dnt+muon': 'DNT + Muon'}
+              'dnt+msgdw': 'DNT + mSGDW', 'standard+muon': 'standard + Muon', 'dnt+muon': 'DNT + Muon',
+              'standard+lion': 'standard + Lion', 'dnt+lion': 'DNT + Lion'}
 COLORS = {'standard+adamw': 'tab:red', 'dnt+adamw': 'tab:blue', 'standard+msgdw': 'tab:orange', 'dnt+msgdw': 'tab:cyan',
           'standard+muon': 'tab:brown', 'dnt+muon': 'tab:green'}
 GAP_UNITS = {'lm': 'nats of val loss; + is worse', 'vision': 'points of val top-1; − is worse'}
-GAP_SCALE, GAP_DIGITS = {'lm': 1, 'vision': 100}, {'lm': 3, 'vision': 2}  # vision's gap in points of top-1
-TASK_TITLES = {'lm': 'Tiny Shakespeare char GPT', 'vision': 'Fashion-MNIST ViT'}
+GAP_UNITS['cifar'] = 'points of final val top-1; − is worse'
+GAP_SCALE, GAP_DIGITS = {'lm': 1, 'vision': 100, 'cifar': 100}, {'lm': 3, 'vision': 2, 'cifar': 2}  # images: points of top-1
+TASK_TITLES = {'lm': 'Tiny Shakespeare char GPT', 'vision': 'Fashion-MNIST ViT', 'cifar': 'CIFAR-10 subset ViT'}
+# the paper's table (standard + AdamW, DNT + AdamW, standard + mSGDW, DNT + mSGDW): for the gap fraction beside ours
+PAPER = {'ViT-L 307M, ImageNet top-1': (81.7, 82.1, 78.2, 81.5), 'ViT-H 632M, ImageNet top-1': (80.8, 81.9, 73.5, 81.2),
+         'GPT-2 124M, OpenWebText val loss': (2.867, 2.863, 2.906, 2.849),
+         'GPT-2 774M, OpenWebText val loss': (2.492, 2.481, 2.544, 2.503), '1.4B, OpenWebText val loss': (2.435, 2.396, 2.472, 2.408)}
+
+
+def gap_closed(std_adamw, std_msgdw, dnt_msgdw):
+    """The fraction of mSGDW's gap to AdamW (on the standard model) that DNT closes: 1 closes it, above 1 passes
+    AdamW, 0 is no better than standard + mSGDW. A ratio of differences: the same for losses and accuracies."""
+    return (std_msgdw - dnt_msgdw) / (std_msgdw - std_adamw)
 
 
 def by_budget(cells):
@@ -590,7 +602,7 @@ def cell_tables(task, cells, lines, unit):
     names = [f'{p}+{o}' for p, o in CELLS[task]]
     lines += [f'| cell | ' + ' | '.join(f'{b:,} iters ({unit(b)})' for b in budgets) + ' |', '|---' * (len(budgets) + 1) + '|']
     for name in names:
-        row = [f"{fmt_cell(task, c)} (n={len(c['per_seed'])}; lr {c['best_lr']:g}" + (f", wd {c['best_wd']:g})" if 'msgdw' in name else ')')
+        row = [f"{fmt_cell(task, c)} (n={len(c['per_seed'])}; lr {c['best_lr']:g}" + (f", wd {c['best_wd']:g})" if 'msgdw' in name or len(c['wd_sweep']) > 1 else ')')
                if (c := budgets[b].get(name)) else '' for b in budgets]
         lines.append(f'| {CELL_NAMES[name]} | ' + ' | '.join(row) + ' |')
     if gaps := gaps_to_adamw(cells):
@@ -606,7 +618,9 @@ def cell_tables(task, cells, lines, unit):
         for name, c in cs.items():
             text = f"- {CELL_NAMES[name]}: lr {fmt_sweep(task, c['lr_sweep'])}"
             if len(c['wd_sweep']) > 1:
-                text += f"; wd at lr {c['best_lr']:g}: {fmt_sweep(task, c['wd_sweep'])}"
+                text += f"; wd at the best lr: {fmt_sweep(task, c['wd_sweep'])}"
+            if c.get('lr_sweep_at_best_wd'):
+                text += f"; lr again at wd {c['best_wd']:g}: {fmt_sweep(task, c['lr_sweep_at_best_wd'])}"
             lines.append(text + f"; seeds: {', '.join(fmt(task, v) for v in c['per_seed'])}")
     lines.append('')
 
@@ -670,6 +684,48 @@ def write_tables(report, results_dir, jobs):
     if 'vision' in summary:
         lines += ['## Fashion-MNIST ViT', '']
         cell_tables('vision', summary['vision'], lines, epochs)
+    cifar_epochs = lambda b: f"{b * report['settings']['cifar']['batch_size'] / CIFAR_TRAIN_IMAGES:.0f} epochs"
+    if 'cells' in summary:
+        lines += ['## CIFAR-10 subset ViT: the four cells, regularizers off, each tuned at its budget', '',
+                  'Final val top-1 (the last eval: this set overfits); lr swept until bracketed, then the weight decay at '
+                  'the best lr, then the lr again where the best weight decay moved.', '']
+        cell_tables('cifar', summary['cells'], lines, cifar_epochs)
+    fractions = [(name, task, budget, cs) for name, part, task in (('LM', 'ladder', 'lm'), ('Fashion-MNIST', 'vision', 'vision'),
+                                                                    ('CIFAR-10 subset', 'cells', 'cifar'))
+                 for budget, cs in by_budget(summary.get(part, {})).items()
+                 if {'standard+adamw', 'standard+msgdw', 'dnt+msgdw'} <= set(cs)]
+    if fractions:
+        lines += ["## DNT closes most of mSGDW's gap to AdamW?", '',
+                  '(standard + mSGDW − DNT + mSGDW) / (standard + mSGDW − standard + AdamW), from the seed means: 1 closes '
+                  'the gap, above 1 passes AdamW, 0 is no better than standard + mSGDW.', '',
+                  '| task | budget | fraction closed |', '|---|---|---|']
+        lines += [f"| {name} | {budget:,} iterations | {gap_closed(*(cs[c]['mean'] for c in ('standard+adamw', 'standard+msgdw', 'dnt+msgdw'))):.2f} |"
+                  for name, task, budget, cs in fractions]
+        lines += [f"| paper: {name} | | {gap_closed(a, m, d):.2f} |" for name, (a, _, m, d) in PAPER.items()]
+        lines.append('')
+    if 'width' in summary:
+        for task, points in summary['width'].items():
+            widths = sorted({int(k.split('/')[0]) for k in points})
+            lines += [f"## The gap against width: {TASK_TITLES[task]} (depth 4, heads of {HEAD_DIM})", '',
+                      f"{metric_name(task)}; mean over seeds (n); each point at its own best lr.", '',
+                      '| cell | ' + ' | '.join(f'width {w}' for w in widths) + ' |', '|---' * (len(widths) + 1) + '|']
+            for p, o in WIDTH_CELLS:
+                row = [f"{fmt(task, c['mean'])} (n={len(c['per_seed'])}, lr {c['best_lr']:g})" for w in widths
+                       for c in [points[f'{w}/{p}+{o}']]]
+                lines.append(f"| {CELL_NAMES[f'{p}+{o}']} | " + ' | '.join(row) + ' |')
+            gaps = gaps_to_adamw(points)
+            for name in ('dnt+msgdw', 'standard+msgdw'):
+                lines.append(f"| gap, {CELL_NAMES[name]} | " + ' | '.join(
+                    f'{GAP_SCALE[task] * g:+.{GAP_DIGITS[task]}f} ± {GAP_SCALE[task] * e:.{GAP_DIGITS[task]}f}' for _, g, e in gaps[name]) + ' |')
+            lines += ['', f"Lr sweeps ({metric_name(task)}, seed {SEED}): " + '; '.join(
+                f"{CELL_NAMES[k.split('/')[1]]} at {k.split('/')[0]}: {fmt_sweep(task, c['lr_sweep'])}" for k, c in points.items()), '']
+    if 'lion' in summary:
+        for task, cells in summary['lion'].items():
+            lines += [f"## Lion, {TASK_TITLES[task]} (weight decay {WEIGHT_DECAY['lion']:g}, betas "
+                      f"{LION_BETAS['beta1']:g}/{LION_BETAS['beta2']:g})", '', '| cell | ' + metric_name(task) + ' | lr sweep |', '|---|---|---|']
+            lines += [f"| {CELL_NAMES[k.split('/')[1]]} | {fmt_cell(task, c)} (n={len(c['per_seed'])}, lr {c['best_lr']:g}) | "
+                      f"{fmt_sweep(task, c['lr_sweep'])} |" for k, c in cells.items()]
+            lines.append('')
     if 'regularizers' in summary:
         regularizer_tables(summary['regularizers'], runs, report['settings'], lines)
     for task, part in (('lm', 'ladder'), ('vision', 'vision')):
@@ -738,7 +794,8 @@ def make_figures(report, results_dir):
     # (a) the gap to standard + AdamW against data seen, each point a full run with its own schedule
     panels = [(task, gaps, per_iter, what, train_images) for task, part, per_iter, what, train_images in
               (('lm', 'ladder', lm['batch_size'] * lm['block_size'], 'tokens', None),
-               ('vision', 'vision', report['settings']['vision']['batch_size'], 'images', TRAIN_IMAGES.get(report['settings']['scale'])))
+               ('vision', 'vision', report['settings']['vision']['batch_size'], 'images', TRAIN_IMAGES.get(report['settings']['scale'])),
+               ('cifar', 'cells', report['settings']['cifar']['batch_size'], 'images', CIFAR_TRAIN_IMAGES))
               if (gaps := gaps_to_adamw(summary.get(part, {})))]
     if panels:
         fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
@@ -757,6 +814,22 @@ def make_figures(report, results_dir):
                    title=f'{TASK_TITLES[task]}: gap to standard + AdamW (± seed std)')
             ax.legend(fontsize=8)
         save(fig, 'gap_vs_tokens.png')
+    if 'width' in summary:  # the gap to standard + AdamW against the model's width
+        fig, axes = plt.subplots(1, len(summary['width']), figsize=(7 * len(summary['width']), 4.5), squeeze=False)
+        for ax, (task, points) in zip(axes[0], summary['width'].items()):
+            scale = GAP_SCALE[task]
+            for name, gaps in gaps_to_adamw(points).items():
+                w, g, e = np.array(gaps).T
+                ax.errorbar(w, scale * g, yerr=scale * e, marker='o', capsize=3, color=COLORS[name], label=CELL_NAMES[name])
+            ax.axhline(0, color=COLORS['standard+adamw'], ls='--', label='standard + AdamW')
+            widths = sorted({int(k.split('/')[0]) for k in points})
+            ax.set_xscale('log')
+            ax.set_xticks(widths, [str(w) for w in widths])
+            ax.minorticks_off()
+            ax.set(xlabel='width (depth 4; each point at its own best lr)', ylabel=GAP_UNITS[task],
+                   title=f'{TASK_TITLES[task]}: gap to standard + AdamW (± seed std)')
+            ax.legend(fontsize=8)
+        save(fig, 'gap_vs_width.png')
     if 'ladder' in summary:
         budgets = by_budget(summary['ladder'])
         # (b) val curves, mean over seeds with the seeds' range, at each budget above the smallest

@@ -13,7 +13,7 @@ import torch
 
 import checkpoint
 from configurator import ConfigError, OneLineParser, boolean
-from checks import DataError, check_sample_args, prompt_ids
+from checks import DataError, check_meta, check_sample_args, prompt_ids
 from data import GPT2_BPE, ImageData, eval_sums, get_tokenizer, load_meta
 from devices import autocast, default_device
 from model import GPT, GPT2_MODELS, GPTConfig, ViT, ViTConfig
@@ -37,8 +37,9 @@ def parse_args(argv):
     p.add_argument('--data_dir', default='', help="dataset directory (default: the one the checkpoint was trained on)")
     p.add_argument('--batch_size', type=int, default=256, help="images per batch (image checkpoints)")
     p.add_argument('--split', default='val', choices=['train', 'val'], help="image checkpoints: the split to score")
-    p.add_argument('--ema', type=boolean, nargs='?', const=True, default=True,
-                   help="use the checkpoint's EMA of the weights where it has one (train.py's ema_decay); False: the weights")
+    p.add_argument('--ema', type=boolean, nargs='?', const=True, default=None,
+                   help="True: the checkpoint's EMA of the weights (train.py's ema_decay); False: the weights; "
+                   "default: the EMA where there is one")
     return p.parse_args(argv)
 
 
@@ -60,17 +61,22 @@ def sample(args):
             stored = checkpoint.load(ckpt_path)  # on the CPU: only the model goes to the device
         except ConfigError as e:
             raise ConfigError(f"{e}; train a model first (python train.py ...) or check --out_dir") from None
+        if args.ema and not stored.get('ema'):
+            raise ConfigError(f"--ema=True, but {ckpt_path} holds no EMA of the weights (its run had ema_decay=0); "
+                              "leave --ema out to use the weights")
         is_text = stored['model_type'] == 'text'
         ModelConfig, Model = (GPTConfig, GPT) if is_text else (ViTConfig, ViT)
         try:
             model = Model(ModelConfig(**stored['model_args']))
-            model.load_state_dict(checkpoint.model_weights(stored, args.ema))
+            model.load_state_dict(checkpoint.model_weights(stored, args.ema is not False))
         except (TypeError, ValueError, RuntimeError) as e:
             error = ' '.join(str(e).split())[:300]
             raise ConfigError(f"{ckpt_path}: its weights do not fit its model_args ({error})") from None
-        if args.ema and stored.get('ema'):
+        if args.ema is not False and stored.get('ema'):
             print("the EMA of the weights (--ema=False for the weights)", file=sys.stderr)
         config, meta = stored['config'], stored.get('meta')  # meta: the dataset's tokenizer, in the checkpoint
+        if meta is not None:
+            check_meta(meta, f"the meta of {ckpt_path}", fix='the checkpoint is damaged')
         del stored  # the optimizer state
     else:  # GPT-2's weights, as nanoGPT's sample.py --init_from=gpt2
         try:
@@ -85,6 +91,7 @@ def sample(args):
             meta = load_meta(data_dir, log=lambda line: print(line, file=sys.stderr))  # stdout holds the samples
         except DataError as e:
             raise DataError(f"{e} (or point --data_dir at a copy of the dataset)") from None
+        check_fits(model, meta, data_dir, 'text' if is_text else 'image')
     if args.compile:
         model.compile()  # in place: generate() calls the module, so it runs compiled too
 
@@ -108,6 +115,19 @@ def sample(args):
             y = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None)
             print(decode(y[0].tolist()))
             print('---------------')
+
+
+def check_fits(model, meta, data_dir, kind):
+    """The dataset in data_dir is one the model can read: its kind, and for images its channels, classes and size."""
+    if meta['kind'] != kind:
+        raise DataError(f"{data_dir} holds {meta['kind']} data, and the checkpoint a model of {kind}: give the "
+                        "--data_dir it was trained on")
+    if kind == 'image':
+        (H, W, C), cfg = meta['shape'], model.config
+        if (C, meta['num_classes']) != (cfg.in_chans, cfg.num_classes) or H < cfg.image_size:
+            raise DataError(f"{data_dir} holds {H}x{W} images of {C} channel(s) in {meta['num_classes']} classes, and the "
+                            f"model reads {cfg.image_size}x{cfg.image_size} of {cfg.in_chans} in {cfg.num_classes}: give "
+                            "the --data_dir it was trained on")
 
 
 if __name__ == '__main__':

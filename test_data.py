@@ -324,6 +324,51 @@ def test_color_jitter_scales_brightness_contrast_saturation():
     assert imagenet.color_jitter(x, torch.full((4, 3), 1.3)).max() <= 255
 
 
+def test_three_augment_and_jitter_are_drawn_per_image():
+    """Each image of a micro-batch draws its own 3-Augment op (each about a third of the time in every micro-batch)
+    and its own jitter factors, from (1 - j, 1 + j) around 1: darker as often as brighter."""
+    draws = imagenet.draw_recolor_and_erasing((4, 600), 16, True, 0.3, 0.0, torch.Generator().manual_seed(0))
+    choice, sigma = draws['three']
+    assert choice.shape == sigma.shape == (4, 600)
+    for row in choice:
+        assert [(row == op).float().mean().item() for op in range(3)] == pytest.approx([1 / 3] * 3, abs=0.07)  # 3.5 std
+    factors = draws['jitter']
+    assert factors.shape == (4, 600, 3) and 0.7 <= factors.min() < 0.72 and 1.28 < factors.max() <= 1.3
+    assert (factors < 1).float().mean().item() == pytest.approx(0.5, abs=0.03)
+    assert len(set(factors[0, :, 0].tolist())) == 600  # a factor per image, not one per micro-batch
+
+
+def test_color_jitter_applies_brightness_then_contrast_then_saturation():
+    """The order shows where a step clips at 255: each step as its definition, in that order."""
+    x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 255
+    f = torch.tensor([1.8, 0.5, 1.6]).expand(5, 3)
+    out = imagenet.color_jitter(x, f)
+    luma = lambda t: (0.299 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2])[:, None]
+    y = (1.8 * x).clamp(0, 255)
+    mean = luma(y).mean((1, 2, 3), keepdim=True)
+    y = (mean + (y - mean) * 0.5).clamp(0, 255)
+    y = (luma(y) + (y - luma(y)) * 1.6).clamp(0, 255)
+    torch.testing.assert_close(out, y)
+    brightness_last = (imagenet.color_jitter(x, torch.tensor([1.0, 0.5, 1.6]).expand(5, 3)) * 1.8).clamp(0, 255)
+    assert (out - brightness_last).abs().max() > 10  # the test can tell the orders apart
+
+
+@pytest.mark.parametrize('mixup, cutmix', [(0.2, 0.0), (0.0, 0.2), (0.1, 10.0), (10.0, 0.1)])
+def test_mix_strengths_are_betas_of_their_own_op(mixup, cutmix):
+    """lam ~ Beta(a, a), symmetric about 1/2, with a the strength of the op the micro-batch drew: mixup's for
+    mixup, CutMix's for CutMix (with both on, each half the time)."""
+    mixes = imagenet.draw_mixes(4000, mixup, cutmix, torch.Generator().manual_seed(0))
+    for cut, alpha in ((False, mixup), (True, cutmix)):
+        lam = np.array([m[0] for m in mixes if m[1] == cut])
+        if alpha == 0:
+            assert len(lam) == 0
+            continue
+        assert len(lam) == pytest.approx(4000 * (0.5 if mixup and cutmix else 1), rel=0.06)
+        assert lam.mean() == pytest.approx(0.5, abs=0.03) and (lam < 0.5).mean() == pytest.approx(0.5, abs=0.04)
+        spread = np.abs(lam - 0.5).mean()  # Beta(a, a): about 0.44 at a = 0.1, 0.4 at 0.2, 0.09 at 10
+        assert spread > 0.35 if alpha < 1 else spread < 0.12
+
+
 def test_random_erasing_fills_boxes_with_noise_at_its_rate():
     g = torch.Generator().manual_seed(0)
     erase, boxes, seeds = imagenet.draw_erasing(1, 4000, 16, 16, 0.25, g)

@@ -809,6 +809,13 @@ def test_drop_path_drops_whole_samples_at_its_rate():
     assert drop.eval()(x) is x
 
 
+@pytest.mark.parametrize('n_layer, expected', [(4, [0.0, 0.1, 0.2, 0.3]), (2, [0.0, 0.3]), (1, [0.3])])
+def test_drop_path_is_the_last_blocks_rate(n_layer, expected):
+    """drop_path is the rate of the last block, the only one when there is one, with 0 at the first of several."""
+    model = make('gpt', preset='dnt', n_layer=n_layer, drop_path=0.3)
+    assert [getattr(b.drop_path, 'rate', 0.0) for b in model.transformer.h] == pytest.approx(expected)
+
+
 def test_drop_path_rises_linearly_with_depth_and_is_identity_when_off():
     model = make('gpt', preset='dnt', n_layer=4, drop_path=0.3)
     rates = [getattr(b.drop_path, 'rate', 0.0) for b in model.transformer.h]

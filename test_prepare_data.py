@@ -411,3 +411,45 @@ def test_replaces_its_own_dataset_or_an_empty_dir(tmp_path):
         assert r.returncode == 0, r.stderr
         assert get_tokenizer(load_meta(out))[1](read_tokens(out, 'train')) == TEXT.upper()[:int(0.9 * len(TEXT))]
     assert sorted(os.listdir(tmp_path / 'data')) == ['empty', 'sc']  # no temporary or old copies left
+
+
+SLOW_PREPARE = '''
+import sys, time
+import prepare_data
+original = prepare_data.DATASETS['shakespeare_char']
+def slow(out, args):
+    print('started', flush=True)
+    time.sleep(5)
+    return original(out, args)
+prepare_data.DATASETS['shakespeare_char'] = slow
+prepare_data.main(sys.argv[1:])
+'''
+
+
+@pytest.mark.parametrize('case, words', [
+    ('full disk', ['No space left on device', 'nothing was replaced']),
+    ('read-only out_dir', ['Read-only file system']),
+    ('two at once', ['is in use by process']),
+])
+def test_write_faults_and_a_second_writer_are_one_line(tmp_path, small_fs, case, words):
+    src, fs = tmp_path / 'input.txt', small_fs(64 << 10)
+    src.write_text(TEXT * (40 if case == 'full disk' else 1), encoding='utf-8')  # 2 bytes a character: over 64 KiB
+    out = fs / 'data' / 'sc'
+    first = None
+    if case == 'read-only out_dir':
+        assert run('shakespeare_char', '--input', src, '--out_dir', out).returncode == 0
+        subprocess.run(['mount', '-o', 'remount,ro', str(fs)], check=True)
+    elif case == 'two at once':
+        first = subprocess.Popen([sys.executable, '-c', SLOW_PREPARE, 'shakespeare_char', '--input', str(src), '--out_dir',
+                                  str(out)], cwd=SCRIPT.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert first.stdout.readline() == 'started\n'
+    before = snapshot(fs)
+    r = run('shakespeare_char', '--input', src, '--out_dir', out)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith('prepare_data.py: error: '), r.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+    assert snapshot(fs) == before
+    if first is not None:  # the first one is unharmed, and leaves no lock behind
+        assert first.wait(timeout=60) == 0, first.stderr.read()
+        assert get_tokenizer(load_meta(out))[1](read_tokens(out, 'train')) == TEXT[:int(0.9 * len(TEXT))]
+        assert sorted(os.listdir(out.parent)) == ['sc']

@@ -340,3 +340,45 @@ def test_init_from_gpt2_greedy_matches_transformers(tmp_path, capsys):
     prompt = [enc.eot_token] + enc.encode_ordinary('Hello')  # '<|endoftext|>' is the EOT token, as in nanoGPT
     expected = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=enc.eot_token)
     assert samples(out) == [enc.decode(expected[0].tolist())]
+
+
+@pytest.fixture(scope='module')
+def gray_data(tmp_path_factory):
+    """8x8 images of one channel in 3 classes: Fashion-MNIST's kind of data, where image_run is CIFAR's."""
+    tmp = tmp_path_factory.mktemp('gray')
+    x, y = np.random.default_rng(1).integers(0, 255, (20, 8, 8), dtype=np.uint8), np.arange(20) % 3
+    np.savez(tmp / 'gray.npz', x_train=x, y_train=y, x_test=x, y_test=y)
+    check_run('prepare_data.py', 'npz', f'--input={tmp / "gray.npz"}', f'--out_dir={tmp / "data"}')
+    return str(tmp / 'data')
+
+
+@pytest.mark.parametrize('run, case, words', [
+    ('text', 'image data', 'holds image data, and the checkpoint a model of text'),
+    ('image', 'text data', 'holds text data, and the checkpoint a model of image'),
+    ('image', 'gray data', '8x8 images of 1 channel(s) in 3 classes, and the model reads 8x8 of 3 in 3'),
+    ('text', 'meta against its itos', 'its itos has 3 characters, its vocab_size is'),
+    ('text', '--ema=True', '--ema=True, but'),
+])
+def test_other_data_a_damaged_meta_or_a_missing_ema_is_one_line(text_run, image_run, gray_data, capsys, tmp_path,
+                                                                 run, case, words):
+    out_dir = (text_run if run == 'text' else image_run)[0]
+    args = {'image data': [f'--data_dir={image_run[1]}'], 'text data': [f'--data_dir={text_run[1]}'],
+            'gray data': [f'--data_dir={gray_data}'], '--ema=True': ['--ema=True']}.get(case, [])
+    if case == 'meta against its itos':
+        stored = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True)
+        stored['meta']['itos'] = stored['meta']['itos'][:3]
+        torch.save(stored, tmp_path / 'ckpt.pt')
+        out_dir = str(tmp_path)
+    before = open(os.path.join(out_dir, 'ckpt.pt'), 'rb').read()
+    with pytest.raises(SystemExit) as e:
+        sample_main(capsys, f'--out_dir={out_dir}', f'--start={PROMPT}', '--device=cpu', '--max_new_tokens=5', *args)
+    message = e.value.code
+    assert isinstance(message, str) and '\n' not in message and message.startswith('sample.py: error: ')
+    assert words in message, message
+    assert open(os.path.join(out_dir, 'ckpt.pt'), 'rb').read() == before
+
+
+def test_ema_false_or_left_out_on_a_checkpoint_without_ema_scores_the_weights(image_run, capsys):
+    out_dir, _ = image_run
+    outs = {arg: sample_main(capsys, f'--out_dir={out_dir}', '--device=cpu', *arg) for arg in ((), ('--ema=False',))}
+    assert outs[()] == outs[('--ema=False',)] and 'top-1 accuracy on val' in outs[()]

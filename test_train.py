@@ -479,6 +479,11 @@ def bad_data(tmp_path_factory, text_data):
     return out
 
 
+class CallsSystem:
+    def __reduce__(self):
+        return os.system, ('true',)
+
+
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 SCRATCH = ['--init_from=scratch', '--overwrite=True']  # a check that came too late would wipe the run
 RESUME = ['--init_from=resume']
@@ -502,6 +507,12 @@ BAD_INPUTS = [  # (case, arguments, words of the message); every case runs on a 
     ('unknown init_from', ['--init_from=gpt3'], ["unknown init_from 'gpt3'"]),
     ('scratch over a checkpoint', ['--init_from=scratch'], ['holds an earlier run', '--init_from=resume', '--overwrite=True']),
     ('out_dir is a file', SCRATCH + ['OUT=config.json'], ['exists and is not a directory']),
+    ('out_dir under a file', SCRATCH + ['OUT=config.json/run'], ['config.json is a file, not a directory']),
+    ('log.jsonl a directory', RESUME + ['DIR=log.jsonl'], ['log.jsonl is not a regular file']),
+    ('resume naming another dataset', RESUME + ['--dataset=cifar10'], ['was trained on the data in', '--dataset=cifar10 names other data']),
+    ('resume naming another data_dir', RESUME + ['DATA=short_train'], ['was trained on the data in', 'short_train names other data']),
+    ('EMA that does not fit its model', RESUME + ['CKPT=bad_ema', '--ema_decay=0.5'], ['its EMA of the weights does not fit']),
+    ('checkpoint calling os.system', RESUME + ['CKPT=system'], ['was refused', 'could run code']),
     ('min_lr above learning_rate', SCRATCH + ['--learning_rate=1e-3'], ['min_lr (0.1) is above learning_rate (0.001)']),
     ('checkpoint corrupted', RESUME + ['CKPT=corrupted'], ['not a readable checkpoint']),
     ('checkpoint truncated', RESUME + ['CKPT=truncated'], ['not a readable checkpoint']),
@@ -531,7 +542,8 @@ BAD_INPUTS = [  # (case, arguments, words of the message); every case runs on a 
     # the regularizers
     ('ema_decay=1', SCRATCH + ['--ema_decay=1.0'], ['ema_decay must be in [0, 1), got 1.0']),
     ('drop_path=1', SCRATCH + ['--drop_path=1.0'], ['drop_path must be in [0, 1), got 1.0']),
-    ('random_erasing=-0.1', SCRATCH + ['--random_erasing=-0.1'], ['random_erasing must be in [0, 1), got -0.1']),
+    ('random_erasing=-0.1', SCRATCH + ['--random_erasing=-0.1'], ['random_erasing must be in [0, 1], got -0.1']),
+    ('random_erasing=1.5', SCRATCH + ['--random_erasing=1.5'], ['random_erasing must be in [0, 1], got 1.5']),
     ('color_jitter=1', SCRATCH + ['--color_jitter=1.0'], ['color_jitter must be in [0, 1), got 1.0']),
 ]
 
@@ -547,6 +559,9 @@ def test_bad_input_changes_nothing(lm_runs, text_data, bad_data, tmp_path, case,
             data = bad_data[value]
         elif kind == 'OUT':
             out = out / value
+        elif kind == 'DIR':
+            (out / value).unlink()
+            (out / value).mkdir()
         elif kind == 'CKPT':
             ckpt = tmp_path / 'out' / 'ckpt.pt'
             good = ckpt.read_bytes()
@@ -556,6 +571,13 @@ def test_bad_input_changes_nothing(lm_runs, text_data, bad_data, tmp_path, case,
                 stored = torch.load(ckpt, weights_only=True)
                 del stored['model']['transformer.h.0.mlp.c_fc.weight']
                 torch.save(stored, ckpt)
+            elif value == 'bad_ema':  # AveragedModel's keys, one weight of the wrong shape
+                stored = torch.load(ckpt, weights_only=True)
+                stored['ema'] = {f'module.{k}': v[:1] if k.endswith('c_fc.weight') else v for k, v in stored['model'].items()}
+                stored['ema']['n_averaged'] = torch.tensor(N)
+                torch.save(stored, ckpt)
+            elif value == 'system':  # a pickle that calls os.system when loaded
+                torch.save({**torch.load(ckpt, weights_only=True), 'hook': CallsSystem()}, ckpt)
             else:
                 ckpt.write_bytes({'corrupted': b'\x00' * 64 + good[64:], 'truncated': good[:len(good) // 2], 'empty': b''}[value])
         elif kind in ('BAD_CONFIG', 'CONFIG'):
@@ -576,6 +598,118 @@ def test_resume_with_another_optimizer_is_refused(lm_runs, tmp_path, old, new):
     r = resume(out, f'--optimizer={new}', f'--max_iters={N + 1}', check=False)
     assert_one_line_error(r, f"optimizer='{old}'", f"--optimizer={old}", '--reset_optimizer=True')
     assert snapshot(out) == before
+
+
+def test_a_plain_resume_restores_the_runs_compile_and_dtype(lm_runs, tmp_path):
+    """`--init_from=resume --out_dir=...` and nothing else: the eager float32 run goes on eager and float32 (this
+    machine's defaults would compile it), and ends as the run that was never stopped, bit for bit."""
+    d = lm_runs('msgdw')
+    out = Path(shutil.copytree(d / 'half', tmp_path / 'out'))
+    r = subprocess.run([sys.executable, 'train.py', '--init_from=resume', arg('out_dir', str(out)), f'--max_iters={2 * N}'],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'compiling' not in r.stdout and 'rounds differently' not in r.stdout
+    stored = json.loads((out / 'config.json').read_text())
+    assert (stored['compile'], stored['dtype'], stored['device']) == (False, 'float32', 'cpu')
+    assert train_losses(read_log(out)) == train_losses(read_log(d / 'straight'))
+    assert_same_weights(load_ckpt(out)['model'], load_ckpt(d / 'straight')['model'], atol=0)
+
+
+@pytest.fixture(scope='module')
+def ema_run(tmp_path_factory, text_data):
+    d = tmp_path_factory.mktemp('ema') / 'out'
+    train(d, text_data, max_iters=2, eval_interval=2, ema_decay=0.5, **LM['msgdw'])
+    return d
+
+
+@pytest.mark.parametrize('case, note', [
+    ('resume with another dtype', "resume: dtype 'bfloat16' (the stored run's: 'float32'): this rounds differently"),
+    ('resume with ema_decay=0', "resume: ema_decay=0: the checkpoint's EMA of the weights is dropped at the next save"),
+    ('image keys on text', "mixup, random_erasing: set, but text data does not use them; this run ignores them"),
+    ('text keys on images', "block_size: set, but image data does not use it; this run ignores it"),
+])
+def test_what_a_run_would_not_show_is_noted(ema_run, text_data, image_data, tmp_path, case, note):
+    out = Path(shutil.copytree(ema_run, tmp_path / 'out'))
+    if case == 'resume with another dtype':
+        r = subprocess.run([sys.executable, 'train.py', '--init_from=resume', arg('out_dir', str(out)), '--max_iters=3',
+                            '--dtype=bfloat16'], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    elif case == 'resume with ema_decay=0':
+        r = resume(out, '--max_iters=4', '--ema_decay=0.0', '--eval_interval=1')
+        assert load_ckpt(out)['ema'] is None
+    elif case == 'image keys on text':
+        r = train(tmp_path / 'new', text_data, max_iters=1, mixup=0.5, random_erasing=0.1, **LM['msgdw'])
+    else:
+        r = train(tmp_path / 'new', image_data, max_iters=1, patch_size=4, block_size=64, **LM['adamw'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert note in r.stdout, r.stdout[-3000:]
+
+
+def test_random_erasing_of_one_erases_every_image(image_data, tmp_path):
+    train(tmp_path, image_data, max_iters=1, patch_size=4, random_erasing=1.0, **LM['adamw'])  # a probability of 1
+    assert json.loads((tmp_path / 'config.json').read_text())['random_erasing'] == 1.0
+
+
+@pytest.mark.parametrize('nesterov', [True, False])
+def test_nesterov_reaches_the_optimizer(lm_runs, tmp_path, nesterov):
+    out = Path(shutil.copytree(lm_runs('msgdw') / 'half', tmp_path / 'out'))
+    resume(out, f'--max_iters={N + 1}', f'--nesterov={nesterov}')
+    groups = load_ckpt(out)['optimizer']['param_groups']
+    assert [g['nesterov'] for g in groups] == [nesterov, nesterov]
+
+
+def test_a_log_cut_midline_is_cut_to_its_last_whole_line_on_resume(lm_runs, tmp_path):
+    out = Path(shutil.copytree(lm_runs('msgdw') / 'half', tmp_path / 'out'))
+    whole = (out / 'log.jsonl').read_text()
+    (out / 'log.jsonl').write_text(whole[:-20])  # a write cut by a full disk or a crash: its last line half there
+    resume(out, f'--max_iters={N + 2}')
+    lines = (out / 'log.jsonl').read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line whole
+    assert lines[:-4] == whole.splitlines()[:-1] and records[-4]['resume'] and records[-1]['iter'] == N + 2
+
+
+@pytest.mark.parametrize('second', ['resume', 'scratch with --overwrite=True'])
+def test_a_second_train_py_on_a_running_out_dir_is_refused(text_data, tmp_path, second):
+    """A run owns its out_dir: a second train.py there says which process has it, in one line, and changes
+    nothing; the first run goes on and logs each iteration once."""
+    out = tmp_path / 'out'
+    cfg = {**TINY, **LM['msgdw'], 'out_dir': str(out), 'data_dir': str(text_data), 'max_iters': 100000,
+           'eval_interval': 5, 'lr_decay_iters': 100000}
+    first = subprocess.Popen([sys.executable, 'train.py', *(arg(k, v) for k, v in cfg.items())], cwd=REPO, env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / 'ckpt.pt').exists():
+            assert first.poll() is None and time.time() < deadline, "the first run ended or made no progress"
+            time.sleep(0.1)
+        if second == 'resume':
+            r = resume(out, '--max_iters=100000', check=False)
+        else:
+            r = train(out, text_data, '--overwrite=True', check=False, max_iters=3, **LM['msgdw'])
+        assert_one_line_error(r, f'{out} is in use by process {first.pid} (train.py)')
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, stderr
+    iters = [i for i, _ in train_losses(read_log(out))]
+    assert iters == list(range(1, len(iters) + 1)) and load_ckpt(out)['iter_num'] == iters[-1]
+
+
+@pytest.mark.parametrize('delay', [0.3, 0.8])
+def test_ctrl_c_before_the_loop_is_one_line(text_data, tmp_path, delay):
+    """SIGINT while train.py imports torch (before it takes SIGINT itself, to save and stop): one line, nothing written."""
+    p = subprocess.Popen([sys.executable, 'train.py', *(arg(k, v) for k, v in {**TINY, 'out_dir': str(tmp_path / 'out'),
+                          'data_dir': str(text_data)}.items())],
+                         cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(delay)
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=120)
+    assert p.returncode == 1 and stderr.strip().splitlines() == [
+        'train.py: error: interrupted (Ctrl-C) before training began'], stderr[-3000:]
+    assert not (tmp_path / 'out').exists()
 
 
 def test_resume_with_a_fresh_optimizer_state(lm_runs, tmp_path):
@@ -687,27 +821,7 @@ def test_interrupted_checkpoint_write_keeps_the_last_one(lm_runs, tmp_path, mode
     assert load_ckpt(out)['iter_num'] == N + 2 and not list(out.glob('*.tmp'))
 
 # ----------------------------------------------------------------------------------------
-# disk faults, on a small filesystem of their own (tmpfs: needs root, as CI and the dev machines run)
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """mount(size) -> a fresh tmpfs of about `size` bytes; remount(read_only=True); unmounted after the test."""
-    mounts = []
-
-    def mount(size):
-        d = tmp_path / f'fs{len(mounts)}'
-        d.mkdir()
-        pages = -(-size // 4096)
-        if os.geteuid() != 0 or subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={pages * 4096}', 'tmpfs', str(d)],
-                                               capture_output=True).returncode != 0:
-            pytest.skip("needs root and tmpfs to make a small filesystem")
-        mounts.append(d)
-        return d
-
-    yield mount
-    for d in mounts:
-        subprocess.run(['umount', str(d)], capture_output=True)
-
+# disk faults, on a small filesystem of their own (conftest.py's small_fs)
 
 def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_tmp(lm_runs, small_fs):
     half = lm_runs('msgdw') / 'half'
@@ -732,6 +846,39 @@ def test_a_read_only_disk_is_refused_before_anything(lm_runs, text_data, small_f
         r = train(fs / 'new' / 'run', text_data, check=False, max_iters=2, **LM['msgdw'])
     assert_one_line_error(r, 'cannot write to', 'read-only')
     assert snapshot(fs) == before
+
+
+def fill(fs):
+    """Take every free byte of the filesystem fs."""
+    with open(fs / 'filler', 'wb', buffering=0) as f:
+        try:
+            while True:
+                f.write(b'\0' * 4096)
+        except OSError:
+            pass
+
+
+def test_a_full_disk_at_the_start_of_a_run_leaves_no_config(text_data, small_fs):
+    fs = small_fs(64 << 10)
+    fill(fs)
+    before = snapshot(fs)
+    r = train(fs / 'out', text_data, check=False, max_iters=2, **LM['msgdw'])
+    assert_one_line_error(r, 'cannot write', 'config.json', 'No space left on device')
+    assert {p for p in snapshot(fs) if 'config' in p} == set() and not list(fs.rglob('*.tmp'))
+
+
+def test_a_full_disk_while_logging_keeps_the_log_as_it_was(small_fs):
+    import checkpoint
+    fs = small_fs(64 << 10)
+    log = fs / 'log.jsonl'
+    checkpoint.append_log(str(log), dict(iter=0, loss=1.0), 0)
+    fill(fs)
+    before = log.read_bytes()
+    with pytest.raises(ConfigError, match=r'cannot write .*log.jsonl at iter 7 \(No space left on device\)'):
+        for _ in range(10000):  # the first line that needs a new page
+            checkpoint.append_log(str(log), dict(iter=7, loss=1.0, pad='x' * 200), 7)
+    lines = log.read_text().splitlines()
+    assert log.read_bytes().startswith(before) and all(json.loads(line) for line in lines)  # whole lines only
 
 def run_until_signal(out_dir, data_dir, n_losses, sig, **cfg):
     """Start a long run, send `sig` once its log has n_losses training losses; (returncode, stdout, stderr)."""

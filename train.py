@@ -14,6 +14,9 @@ import sys
 import time
 from dataclasses import asdict
 
+from configurator import ConfigError, report_errors
+report_errors('train.py')  # from here on, a wrong input (or Ctrl-C before the loop): one line on stderr, exit 1
+
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -21,8 +24,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import checkpoint
 import checks
-from configurator import ConfigError, report_errors
-from checks import DataError
 from data import ImageData, TextData, eval_sums, load_meta
 from devices import autocast, default_device, set_current
 from diagnostics import grad_stats
@@ -109,7 +110,6 @@ seed = 1337
 # ----------------------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
 # ----------------------------------------------------------------------------------------
-report_errors('train.py', DataError)  # from here on, a ConfigError or DataError: one line on stderr, exit 1
 # config files, --key=value and, to resume, the stored run's config; all checked before out_dir is touched
 config, stored_run, overrides, notes = checks.resolve({k: globals()[k] for k in config_keys}, sys.argv[1:])
 globals().update(config)
@@ -240,8 +240,7 @@ def save_checkpoint():
 
 def write_log(record):
     if master_process:
-        with open(log_path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
+        checkpoint.append_log(log_path, record, iter_num)
         if wandb_log:
             wandb.log(record, step=record['iter'])
 
@@ -258,6 +257,7 @@ log(f"{Model.__name__} with {raw_model.get_num_params() / 1e6:.2f}M parameters; 
     f"{accum_steps} micro-steps of {batch_size} each, {data.samples_per_micro_step * accum_steps * world_size:,} "
     f"{data.unit} per iteration")
 if master_process and not eval_only:
+    checks.claim(os.path.join(out_dir, 'run.lock'), out_dir)  # the run owns out_dir: a second train.py is refused
     checkpoint.start_run_dir(out_dir, config, stored_run)
     if wandb_log:
         import wandb
