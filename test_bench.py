@@ -96,7 +96,7 @@ def test_bench_gpu_sh_runs_through_with_the_cpu_standing_in():
     tiny = [f'--{k}={v}' for k, v in TINY.items()] + ['--warmup=1', '--iters=2', '--gradient_accumulation_steps=1']
     r = subprocess.run(['bash', 'bench_gpu.sh'], cwd=HERE, capture_output=True, text=True, timeout=600,
                        env={**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHON': sys.executable, 'NVIDIA_SMI': 'echo',
-                            'BENCH_DEVICE_ARGS': '--device=cpu --dtype=float32 --compile=False', 'BENCH_ARGS': ' '.join(tiny)})
+                            'BENCH_DEVICE_ARGS': '--device=cpu:0 --dtype=float32 --compile=False', 'BENCH_ARGS': ' '.join(tiny)})
     assert r.returncode == 0, r.stderr
     smi, *runs = r.stdout.split('\n== ')
     assert smi == '--query-gpu=name,memory.total,driver_version --format=csv,noheader'  # echo standing in for nvidia-smi
@@ -109,7 +109,7 @@ def test_bench_gpu_sh_runs_through_with_the_cpu_standing_in():
     }
     assert [run.splitlines()[0] for run in runs] == list(variants)
     for run, cells in zip(runs, variants.values()):
-        assert re.findall(r"^\w+(?: \(.*\))?: gpt preset=(\w+) optimizer=(\w+) 1x32, 32 tok per step, float32 on cpu, "
+        assert re.findall(r"^\w+(?: \(.*\))?: gpt preset=(\w+) optimizer=(\w+) 1x32, 32 tok per step, float32 on cpu:0, "
                           r"compile=False$", run, re.M) == cells, run
         assert len(table(run)['step ms median']) == (3 if len(cells) == 2 else 1)  # B/A beside two variants
         assert 'so none of it is hidden' in run.splitlines()[-1]
