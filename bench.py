@@ -270,9 +270,11 @@ print("peak memory: each variant's own, from the CUDA allocator; process peak RS
 
 if model == 'gpt':
     v = variants[0]
-    backward = gradient_accumulation_steps * (statistics.median(v.step_ms) - statistics.median(v.opt_ms))
-    print(f"host: {host_ms_per_iteration():.2f} ms an iteration to draw and copy {gradient_accumulation_steps} micro-batches of "
+    host_ms = host_ms_per_iteration()
+    # the device's share of an iteration that the host's work can hide behind: the micro-steps' forward and backward
+    device_ms = gradient_accumulation_steps * (statistics.median(v.step_ms) - statistics.median(v.opt_ms))
+    print(f"host: {host_ms:.2f} ms an iteration to draw and copy {gradient_accumulation_steps} micro-batches of "
           f"{batch_size} x {block_size} tokens (median of {iters}); train.py draws them while the device runs the "
-          f"iteration before (about {backward:,.1f} ms of forward and backward for {variants[0].cfg['preset']}): "
-          + ("the host and the device are one CPU here, so none of it is hidden" if device == 'cpu' else
-             f"hidden: {min(1.0, backward / host) * 100:.0f}%"))
+          f"iteration before (about {device_ms:,.1f} ms of forward and backward for {v.cfg['preset']}): "
+          + ("the host and the device are one CPU here, so none of it is hidden" if torch.device(v.device).type == 'cpu'
+             else f"hidden: {min(1.0, device_ms / host_ms) * 100:.0f}%"))

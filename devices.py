@@ -12,7 +12,7 @@ from configurator import ConfigError
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
-# the vendors' dense bf16 tensor-core peaks (fp16 for V100, which has no bf16), by device name;
+# the vendors' dense bf16 tensor-core peaks (fp16 for V100 and T4, which have no bf16), by device name;
 # the first key found in torch.cuda.get_device_name() wins, so a more specific name comes first
 PEAK_FLOPS = [
     ('GH200', 989e12), ('H200 NVL', 835e12), ('H200', 989e12),
@@ -21,7 +21,7 @@ PEAK_FLOPS = [
     ('A100', 312e12), ('A10G', 70e12), ('A10', 125e12),
     ('L40S', 362e12), ('L40', 181e12), ('L4', 121e12),
     ('RTX 6000 Ada', 364e12), ('RTX 4090', 165e12),
-    ('V100-PCIE', 112e12), ('V100', 125e12),
+    ('V100-PCIE', 112e12), ('V100', 125e12), ('Tesla T4', 65e12),  # not 'T4': the T400 is another card
 ]
 _unknown_cards = set()
 
@@ -48,8 +48,9 @@ def check_device(device):
 
 
 def default_dtype(device):
-    """bf16 autocast on a CUDA GPU that supports it; float32 on the CPU, on MPS and on older GPUs."""
-    if torch.device(device).type == 'cuda' and torch.cuda.is_bf16_supported():
+    """bf16 autocast on a CUDA GPU with bf16 tensor cores; float32 on the CPU, on MPS and on older GPUs."""
+    # not bf16 that torch emulates (V100, T4): it runs, but slower than float32 there
+    if torch.device(device).type == 'cuda' and torch.cuda.is_bf16_supported(including_emulation=False):
         return 'bfloat16'
     return 'float32'
 

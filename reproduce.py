@@ -936,6 +936,10 @@ def main():
     vision_budgets = [int(b) for b in args.vision_budgets.split(',')] if args.vision_budgets else list(scale['vision_budgets'])
     if unknown := set(parts) - set(PARTS):
         sys.exit(f"reproduce.py: error: unknown part(s) {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    import torch
+    if not hasattr(torch.optim, 'Muon'):  # the LM cells and the memory table include it
+        sys.exit(f"reproduce.py: error: its cells include Muon, which needs torch 2.9 or newer (torch.optim.Muon); "
+                 f"this is torch {torch.__version__}")
     if not args.data_root and not args.tables_only:
         sys.exit("reproduce.py: error: give --data_root (a folder with " + ', '.join(s for _, s in SOURCES.values())
                  + ") or set NANODNT_DATA")

@@ -15,11 +15,12 @@ TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, batch_
 FAST = ['--warmup=1', '--iters=3', '--compile=False', '--device=cpu', '--dtype=float32']
 
 
-def bench(*args):
-    """bench.py's stdout; one thread, as these CPUs are shared and the tensors tiny."""
+def bench(*args, **overrides):
+    """bench.py's stdout for args (a config first), tiny and fast, then overrides; one thread, as these CPUs are
+    shared and the tensors tiny."""
     tiny = [f'--{k}={v}' for k, v in TINY.items()]
-    result = subprocess.run([sys.executable, 'bench.py', *args, *tiny, *FAST], cwd=HERE, capture_output=True,
-                            text=True, timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    result = subprocess.run([sys.executable, 'bench.py', *args, *tiny, *FAST, *(f'--{k}={v}' for k, v in overrides.items())],
+                            cwd=HERE, capture_output=True, text=True, timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -78,3 +79,37 @@ def test_host_time_of_an_iteration():
     assert re.fullmatch(r"host: [\d.]+ ms an iteration to draw and copy 40 micro-batches of 2 x 16 tokens to cpu "
                         r"\(median of 3\)\n", out), out
     assert 'host: ' in bench('config/dnt_gpt2.py')  # beside a GPT step's time
+
+
+def test_cpu_n_is_the_cpu():
+    """--device=cpu:0 is the CPU too: the host's work is not hidden behind the step there (this line once divided
+    by the config key `host` on any device but the literal 'cpu', and crashed)."""
+    out = bench('config/dnt_gpt2.py', device='cpu:0')
+    assert 'float32 on cpu:0' in out
+    assert re.search(r"^host: [\d.]+ ms an iteration .* \(about [\d,.]+ ms of forward and backward for dnt\): "
+                     r"the host and the device are one CPU here, so none of it is hidden$", out, re.M), out
+
+
+def test_bench_gpu_sh_runs_through_with_the_cpu_standing_in():
+    """bench_gpu.sh's five runs end to end, on the CPU at tiny sizes: each takes its config and variants, and gets
+    to its last line."""
+    tiny = [f'--{k}={v}' for k, v in TINY.items()] + ['--warmup=1', '--iters=2', '--gradient_accumulation_steps=1']
+    r = subprocess.run(['bash', 'bench_gpu.sh'], cwd=HERE, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHON': sys.executable, 'NVIDIA_SMI': 'echo',
+                            'BENCH_DEVICE_ARGS': '--device=cpu:0 --dtype=float32 --compile=False', 'BENCH_ARGS': ' '.join(tiny)})
+    assert r.returncode == 0, r.stderr
+    smi, *runs = r.stdout.split('\n== ')
+    assert smi == '--query-gpu=name,memory.total,driver_version --format=csv,noheader'  # echo standing in for nvidia-smi
+    variants = {  # each run's title: its variants' presets and optimizers, in the order bench.py prints them
+        'config/gpt2.py': [('standard', 'adamw')],
+        'config/dnt_gpt2.py': [('dnt', 'msgdw')],
+        'config/dnt_gpt2_adamw.py': [('dnt', 'adamw')],
+        'config/dnt_gpt2.py, optimizer=adamw,msgdw': [('dnt', 'adamw'), ('dnt', 'msgdw')],
+        'standard + AdamW vs DNT + mSGDW': [('standard', 'adamw'), ('dnt', 'msgdw')],
+    }
+    assert [run.splitlines()[0] for run in runs] == list(variants)
+    for run, cells in zip(runs, variants.values()):
+        assert re.findall(r"^\w+(?: \(.*\))?: gpt preset=(\w+) optimizer=(\w+) 1x32, 32 tok per step, float32 on cpu:0, "
+                          r"compile=False$", run, re.M) == cells, run
+        assert len(table(run)['step ms median']) == (3 if len(cells) == 2 else 1)  # B/A beside two variants
+        assert 'so none of it is hidden' in run.splitlines()[-1]

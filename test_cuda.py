@@ -1,6 +1,8 @@
 """What only a CUDA GPU can show: compiled bf16 training and its resume, the fused optimizers under a float16
-GradScaler, pinned streamed batches, the MFU figure, NCCL torchrun. Every test here is marked `cuda` and
-skips without a GPU. On a GPU machine: python -m pytest -q -m cuda"""
+GradScaler, pinned streamed batches, the MFU figure, bench.py on the GPU, NCCL torchrun. Every test here is marked
+`cuda` and skips without a GPU. On a GPU machine: python -m pytest -q -m cuda"""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch.nn as nn
 import data as D
 import devices
 from optim import SGDW
+from test_bench import bench, table
 from test_data import folder, prepared  # noqa: F401 (fixtures)
 from test_train import LM, N, assert_same_weights, load_ckpt, read_log, text_data, train, train_losses, val_losses  # noqa: F401
 
@@ -69,6 +72,12 @@ def test_mfu_is_logged(text_data, tmp_path):
     if devices.peak_flops('cuda') is None:
         pytest.skip(f"{torch.cuda.get_device_name()} is not in devices.PEAK_FLOPS")
     assert len(mfus) == 4 and all(0 < m < 1 for m in mfus)
+
+
+def test_bench_measures_the_step_and_the_host_work_it_hides():
+    out = bench('config/dnt_gpt2.py', device='cuda', dtype='bfloat16')
+    assert table(out)['peak memory MiB'][0] > 0
+    assert re.search(r"^host: .* for dnt\): hidden: \d+%$", out, re.M), out
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")

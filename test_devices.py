@@ -1,6 +1,7 @@
 """Tests for devices.py and the scripts' device logic, with CUDA or MPS faked available (no GPU and no
 Mac here): the devices accepted or refused in one line, the defaults chosen (dtype, compile, fused
 kernels, pinned memory), RNG states across devices on resume, and the MFU peaks by card name."""
+import inspect
 import json
 import os
 import subprocess
@@ -113,6 +114,17 @@ def test_dtype_follows_the_device(cuda, tmp_path):
     assert config['dtype'] == 'float32'
 
 
+@pytest.mark.parametrize('native, dtype', [(True, 'bfloat16'), (False, 'float32')])
+def test_bf16_only_on_cards_that_have_it(monkeypatch, tmp_path, native, dtype):
+    """torch.cuda.is_bf16_supported() also counts the bf16 that torch emulates (V100, T4): no default there."""
+    assert 'including_emulation' in inspect.signature(torch.cuda.is_bf16_supported).parameters  # torch's, not faked yet
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: native or including_emulation)
+    assert devices.default_dtype('cuda:0') == dtype
+    config, _, _, _ = resolve(tmp_path)
+    assert (config['device'], config['dtype']) == ('cuda', dtype)
+
+
 def test_sample_on_cpu_runs_in_float32_where_cuda_is(cuda, monkeypatch, tmp_path):
     asked = []
     monkeypatch.setattr(sample, 'autocast', lambda device, dtype: asked.append((device, dtype)))
@@ -214,6 +226,7 @@ def test_cuda_n_becomes_the_current_device(monkeypatch):
     ('NVIDIA A10G', 70e12), ('NVIDIA A10', 125e12), ('NVIDIA L4', 121e12), ('NVIDIA L40S', 362e12),
     ('NVIDIA L40', 181e12), ('NVIDIA B200', 2250e12), ('NVIDIA GB200', 2500e12),
     ('NVIDIA RTX 6000 Ada Generation', 364e12), ('Tesla V100-SXM2-16GB', 125e12), ('Tesla V100-PCIE-32GB', 112e12),
+    ('Tesla T4', 65e12),
 ])
 def test_peak_flops_by_card_name(monkeypatch, name, peak):
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a: name)
@@ -228,6 +241,6 @@ def test_an_unknown_card_is_named_once(monkeypatch, capsys):
 
 
 def test_muon_refused_in_one_line_on_an_older_torch(monkeypatch, tmp_path):
-    monkeypatch.delattr(torch.optim, 'Muon')
+    monkeypatch.delattr(torch.optim, 'Muon', raising=False)  # torch before 2.9 has none
     with pytest.raises(ConfigError, match=r"optimizer='muon' needs torch 2\.9 or newer"):
         resolve(tmp_path, '--optimizer=muon', '--device=cpu')

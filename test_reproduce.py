@@ -10,15 +10,19 @@ import types
 
 import numpy as np
 import pytest
+import torch
 
 import reproduce
 from reproduce import STUDY_WARMUP, WARMUP, WARMUPS
 
 REPO = os.path.dirname(os.path.abspath(__file__))
+NO_MUON = "reproduce.py's cells include Muon: torch 2.9 or newer" if not hasattr(torch.optim, 'Muon') else ''
 
 
 @pytest.fixture(scope='module')
 def quick(tmp_path_factory):
+    if NO_MUON:
+        pytest.skip(NO_MUON)
     root = tmp_path_factory.mktemp('reproduce')
     data = root / 'data'
     (data / 'tinyshakespeare').mkdir(parents=True)
@@ -204,12 +208,22 @@ def test_second_run_trains_nothing(quick):
     assert 'best val loss' not in quick['second']  # every run was found finished and reused
 
 
+@pytest.mark.skipif(bool(NO_MUON), reason=NO_MUON)
 def test_tables_only_trains_nothing(tmp_path):
     r = subprocess.run([sys.executable, 'reproduce.py', '--quick', '--tables_only', '--out', str(tmp_path)],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'not complete yet' in r.stdout and not (tmp_path / 'data').exists()
     assert 'Optimizer state' in (tmp_path / 'results' / 'results.md').read_text()
+
+
+def test_refused_in_one_line_on_an_older_torch(tmp_path):
+    no_muon = ("import runpy, sys, torch; vars(torch.optim).pop('Muon', None); sys.argv.pop(0); "
+               "runpy.run_path(sys.argv[0], run_name='__main__')")
+    r = subprocess.run([sys.executable, '-c', no_muon, 'reproduce.py', '--quick', '--tables_only', '--out', str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("reproduce.py: error: its cells include Muon, which needs torch 2.9")
+    assert len(r.stderr.splitlines()) == 1 and not any(tmp_path.iterdir())
 
 
 def test_a_cut_run_resumes_and_is_timed_as_a_whole(tmp_path, monkeypatch):

@@ -712,13 +712,16 @@ def test_ctrl_c_before_the_loop_is_one_line(text_data, tmp_path, delay):
     assert not (tmp_path / 'out').exists()
 
 
-def test_resume_with_a_fresh_optimizer_state(lm_runs, tmp_path):
+@pytest.mark.parametrize('new', ['adamw', 'muon'])
+def test_resume_with_a_fresh_optimizer_state(lm_runs, tmp_path, new):
     out = Path(shutil.copytree(lm_runs('msgdw') / 'half', tmp_path / 'out'))
-    r = resume(out, '--optimizer=muon', '--reset_optimizer=True', '--learning_rate=1e-2', '--min_lr=1e-3', f'--max_iters={N + 2}')
-    assert 'a fresh muon optimizer state' in r.stdout and "resume: optimizer = 'muon' (the checkpoint's run had 'msgdw')" in r.stdout
+    r = resume(out, f'--optimizer={new}', '--reset_optimizer=True', '--learning_rate=1e-2', '--min_lr=1e-3', f'--max_iters={N + 2}')
+    assert f'a fresh {new} optimizer state' in r.stdout and f"resume: optimizer = '{new}' (the checkpoint's run had 'msgdw')" in r.stdout
     ckpt = load_ckpt(out)
-    assert ckpt['iter_num'] == N + 2 and ckpt['optimizer'].keys() == {'muon', 'adamw'} and ckpt['config']['optimizer'] == 'muon'
-    adamw_steps = lambda ckpt: {int(st['step']) for st in ckpt['optimizer']['adamw']['state'].values()}
+    assert ckpt['iter_num'] == N + 2 and ckpt['config']['optimizer'] == new
+    assert new == 'adamw' or ckpt['optimizer'].keys() == {'muon', 'adamw'}
+    adamw = lambda ckpt: ckpt['optimizer']['adamw'] if new == 'muon' else ckpt['optimizer']  # Muon's AdamW half
+    adamw_steps = lambda ckpt: {int(st['step']) for st in adamw(ckpt)['state'].values()}
     assert adamw_steps(ckpt) == {2}  # AdamW's step counters began at the resume
     resume(out, f'--max_iters={N + 3}')  # reset_optimizer is not taken from the checkpoint: this one continues the state
     assert adamw_steps(load_ckpt(out)) == {3}
