@@ -87,8 +87,8 @@ def rng_states(data_state, device, world_size):
 # resume
 
 
-def restore(checkpoint, path, model, ema, model_args, optimizer, scaler, data_gen, config, rank, world_size, log):
-    """Load a checkpoint into the model, its EMA, optimizer, GradScaler and generators of a resumed run;
+def restore(checkpoint, path, model, model_args, optimizer, scaler, data_gen, config, rank, world_size, log):
+    """Load a checkpoint into the model, optimizer, GradScaler and generators of a resumed run;
     returns (iter_num, best_val_loss, evaluated)."""
     # the resolved switches are compared, not the preset's name; dropout and drop_path may change between runs
     changed = {k: (v, model_args.get(k)) for k, v in checkpoint['model_args'].items()
@@ -102,16 +102,6 @@ def restore(checkpoint, path, model, ema, model_args, optimizer, scaler, data_ge
     except RuntimeError as e:
         detail = ' '.join(str(e).split())[:300]  # the missing, unexpected or misshapen keys
         raise ConfigError(f"{path}: its weights do not fit its model_args ({detail})") from None
-    if ema is not None and checkpoint.get('ema'):
-        try:
-            ema.load_state_dict(checkpoint['ema'])
-        except RuntimeError as e:
-            detail = ' '.join(str(e).split())[:300]
-            raise ConfigError(f"{path}: its EMA of the weights does not fit its model ({detail}); "
-                              "--ema_decay=0 resumes without it") from None
-    elif ema is not None:
-        ema.update_parameters(model)  # its first update copies the weights
-        log(f"resume: {path} holds no EMA of the weights; it starts from the weights at iter {checkpoint['iter_num']}")
     name, stored = config['optimizer'], checkpoint['config'].get('optimizer')
     if config['reset_optimizer']:
         log(f"resume: a fresh {name} optimizer state (reset_optimizer=True)")
@@ -145,6 +135,20 @@ def restore(checkpoint, path, model, ema, model_args, optimizer, scaler, data_ge
             log(f"resume: {path} holds no {kind} RNG state (trained on another device); {kind} dropout "
                 "continues from a fresh seed")
     return checkpoint['iter_num'], checkpoint['best_val_loss'], checkpoint.get('evaluated', True)
+
+
+def restore_ema(checkpoint, path, ema, model, log):
+    """The EMA of the weights of a resumed run: the checkpoint's, or the weights where it has none."""
+    if not checkpoint.get('ema'):
+        ema.update_parameters(model)  # its first update copies the weights
+        log(f"resume: {path} holds no EMA of the weights; it starts from the weights at iter {checkpoint['iter_num']}")
+        return
+    try:
+        ema.load_state_dict(checkpoint['ema'])
+    except RuntimeError as e:
+        detail = ' '.join(str(e).split())[:300]
+        raise ConfigError(f"{path}: its EMA of the weights does not fit its model ({detail}); "
+                          "--ema_decay=0 resumes without it") from None
 
 
 def start_run_dir(out_dir, config, checkpoint):
@@ -210,14 +214,31 @@ def load_gpt2(name, config, meta, data_dir):
 # SIGTERM (cluster preemption) or SIGINT: the loop finishes its step, saves and exits 0; a second SIGINT kills
 
 
-def stop_on_signals():
-    """A list that gets the signal's number when one arrives: the loop polls it once a step."""
-    received = []
+class StopOnSignals:
+    """Called once an iteration: True when the run should stop now. One process stops at the iteration a signal
+    came in. Under DDP the processes vote each iteration, in an all-reduce on the host (a gloo group of its own)
+    that runs while the next iteration trains and is read at its end: they stop together one iteration after
+    the signal, and no iteration waits for the device. (torchrun kills its workers 30 s after it forwards a
+    SIGTERM: an eval and a save must fit in that.)"""
 
-    def request_stop(signum, frame):
-        received.append(signum)
+    def __init__(self, ddp):
+        self.received, self.vote = [], None
+        self.group = dist.new_group(backend='gloo') if ddp else None
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def request_stop(self, signum, frame):
+        self.received.append(signum)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    return received
+    def __call__(self):
+        if self.group is None:
+            return bool(self.received)
+        stop = False
+        if self.vote is not None:  # the votes of the iteration before
+            work, votes = self.vote
+            work.wait()
+            stop = votes.item() > 0
+        votes = torch.tensor(float(bool(self.received)))
+        self.vote = (dist.all_reduce(votes, group=self.group, async_op=True), votes)
+        return stop

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from checks import DataError, check_image_options, check_image_split, check_token_files, read_meta
-from devices import pin_memory
+from devices import pin_memory, to_device
 from imagenet import (Stream, draw_mixes, draw_recolor_and_erasing, mix, random_erasing, recolor, resized_crops,
                       rrc_boxes)
 
@@ -162,9 +162,10 @@ class ImageData:
         return (x.float() / 255 - self.mean) / self.std
 
     def read(self, split, ix):
-        """Start reading images ix (a CPU tensor); a function that gives them as (B, C, H, W) uint8 on the device."""
+        """Start reading images ix (a CPU tensor to stream, else on the device); a function that gives them as
+        (B, C, H, W) uint8 on the device."""
         x_all = self.images[split][0]
-        return self.stream.read(x_all, ix, self.device) if self.stream else lambda: x_all[ix.to(self.device)]
+        return self.stream.read(x_all, ix, self.device) if self.stream else lambda: x_all[ix]
 
     def draw(self, split, n_total, rows, gen):
         """An iteration's images and augmentation, drawn alike on every process: this process's rows,
@@ -179,19 +180,21 @@ class ImageData:
                      **draw_recolor_and_erasing((n_total, B), S, *self.recolor_and_erasing, gen))
         if self.mixup > 0 or self.cutmix > 0:
             draws['mix'] = draw_mixes(n_total, self.mixup, self.cutmix, gen)
+        ix_device, draws = to_device((ix, draws), self.device)  # the iteration's random numbers, in one copy
         row_draws = lambda r: {k: tuple(t[r] for t in v) if isinstance(v, tuple) else v[r] for k, v in draws.items()}
-        return [(self.read(split, ix[r]), ix[r], row_draws(r)) for r in range(n_total)[rows]]
+        return [(self.read(split, (ix if self.stream else ix_device)[r]), ix_device[r], row_draws(r))
+                for r in range(n_total)[rows]]
 
     def get_batches(self, split, n_total, rows, gen):
         draw = lambda g: self.draw(split, n_total, rows, g)
         plan = self.stream.plan(draw, (split, n_total, rows), gen) if self.stream else draw(gen)
         y_all = self.images[split][1]
-        return [self.augment_batch(wait(), y_all[i.to(self.device)], draws) for wait, i, draws in plan]
+        return [self.augment_batch(wait(), y_all[i], draws) for wait, i, draws in plan]
 
     def augment_batch(self, x, y, draws):
         if not self.augment:  # the images as eval sees them
             return self.normalize(center_crop(x, self.size)), y
-        crops, flips = draws['crops'].to(self.device), draws['flips'].to(self.device)
+        crops, flips = draws['crops'], draws['flips']
         if self.crop == 'pad':
             x = padded_crops(x, crops, flips, self.size, self.crop_padding)
         else:
@@ -211,7 +214,8 @@ class ImageData:
         x_all, y_all = self.images[split]
         B = self.batch_size
         starts = range(rank * B, len(x_all), world_size * B)
-        reads = (self.read(split, torch.arange(s, min(s + B, len(x_all)))) for s in starts)
+        reads = (self.read(split, torch.arange(s, min(s + B, len(x_all)), device=None if self.stream else self.device))
+                 for s in starts)
         wait = next(reads, None)
         for start in starts:
             x, wait = wait(), next(reads, None)

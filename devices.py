@@ -5,8 +5,10 @@ and a GPU's peak FLOP/s for MFU.
 """
 import sys
 from contextlib import nullcontext
+from itertools import accumulate
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from configurator import ConfigError
 
@@ -77,6 +79,23 @@ def fused_kernels(device):
 def pin_memory(device):
     """Pinned host memory lets host-to-device copies run asynchronously: CUDA only."""
     return torch.device(device).type == 'cuda'
+
+
+def to_device(tree, device):
+    """The CPU tensors in tree (dicts, lists, tuples) on `device`, in one copy that does not block: their bytes
+    packed into one buffer, pinned where CUDA, copied with non_blocking and viewed back. (A blocking copy from
+    pageable memory waits for all the work queued on the device.)"""
+    leaves, spec = tree_flatten(tree)
+    tensors = [t.contiguous() for t in leaves if torch.is_tensor(t)]
+    sizes = [-(-t.numel() * t.element_size() // 8) * 8 for t in tensors]  # 8-byte aligned: each viewed back as its dtype
+    starts = list(accumulate([0] + sizes))
+    buf = torch.zeros(starts[-1], dtype=torch.uint8, pin_memory=pin_memory(device))
+    for t, start in zip(tensors, starts):
+        buf[start:start + t.numel() * t.element_size()] = t.reshape(-1).view(torch.uint8)
+    buf = buf.to(device, non_blocking=True)
+    moved = iter([buf[start:start + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
+                  for t, start in zip(tensors, starts)])
+    return tree_unflatten([next(moved) if torch.is_tensor(t) else t for t in leaves], spec)
 
 
 def set_current(device):

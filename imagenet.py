@@ -39,7 +39,7 @@ def rrc_boxes(n, H, W, min_scale, gen):
 def resized_crops(x, boxes, flips, size):
     """Each image's box resized to size x size (bilinear), mirrored where flips: one grid_sample."""
     B, C, H, W = x.shape
-    top, left, h, w = boxes.to(x.device, torch.float32).unbind(1)
+    top, left, h, w = boxes.float().unbind(1)
     theta = torch.zeros(B, 2, 3, device=x.device)  # output coords (-1..1) -> input coords, per image
     theta[:, 0, 0] = w / W * (1 - 2 * flips.float())  # a negative x scale mirrors
     theta[:, 0, 2] = (2 * left + w) / W - 1
@@ -102,7 +102,7 @@ def draw_erasing(n, B, H, W, prob, gen):
     and a seed for the noise that fills them."""
     boxes, fits = random_boxes(n * B, H, W, (0.02, 1 / 3), (math.log(0.3), math.log(1 / 0.3)), gen)
     erase = (torch.rand(n * B, generator=gen) < prob) & fits
-    return erase.view(n, B), boxes.view(n, B, 4), torch.randint(2 ** 62, (n,), generator=gen)
+    return erase.view(n, B), boxes.view(n, B, 4), torch.randint(2 ** 62, (n,), generator=gen).tolist()
 
 
 def draw_recolor_and_erasing(shape, size, three, jitter, erasing, gen):
@@ -121,20 +121,20 @@ def draw_recolor_and_erasing(shape, size, three, jitter, erasing, gen):
 def recolor(x, draws):
     """3-Augment, then color jitter, where draws has them; x on 0..255."""
     if 'three' in draws:
-        x = three_augment(x, *(t.to(x.device) for t in draws['three']))
+        x = three_augment(x, *draws['three'])
     if 'jitter' in draws:
-        x = color_jitter(x, draws['jitter'].to(x.device))
+        x = color_jitter(x, draws['jitter'])
     return x
 
 
 def random_erasing(x, erase, boxes, seed):
     """Each image with `erase` gets its box filled with normal noise (x is normalized): timm's mode='pixel'."""
     B, C, H, W = x.shape
-    top, left, h, w = boxes.to(x.device)[:, :, None].unbind(1)  # each (B, 1)
+    top, left, h, w = boxes[:, :, None].unbind(1)  # each (B, 1)
     rows, cols = torch.arange(H, device=x.device), torch.arange(W, device=x.device)
     inside = ((rows >= top) & (rows < top + h))[:, :, None] & ((cols >= left) & (cols < left + w))[:, None, :]  # (B, H, W)
     noise = torch.randn(x.shape, generator=torch.Generator(x.device).manual_seed(int(seed)), device=x.device)
-    return torch.where((inside & erase.to(x.device)[:, None, None])[:, None], noise, x)
+    return torch.where((inside & erase[:, None, None])[:, None], noise, x)
 
 # ----------------------------------------------------------------------------------------
 # mixup / CutMix

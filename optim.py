@@ -1,7 +1,9 @@
 """
 The optimizers of configure_optimizers (model.py): SGDW, the paper's mSGDW; Lion and MuonAdamW for
-comparison (neither is in the paper). AdamW is torch's own.
+comparison (neither is in the paper). AdamW is torch's own. And EMA, the moving average of the weights.
 """
+import copy
+
 import torch
 
 
@@ -109,3 +111,24 @@ class Lion(torch.optim.Optimizer):
                 p.mul_(1 - group['lr'] * group['weight_decay'])
                 p.add_(torch.sign(m.lerp(p.grad, 1 - beta1)), alpha=-group['lr'])
                 m.lerp_(p.grad, 1 - beta2)
+
+
+class EMA(torch.nn.Module):
+    """An exponential moving average of a model's weights, evaluated beside them (not an optimizer: it reads the
+    weights after each step). The first update copies them; each later one is ema <- decay * ema + (1 - decay) *
+    weights, one lerp over all tensors. The count of updates stays on the host, so that no update waits for the
+    device. Its state_dict is torch's AveragedModel's: module.* and n_averaged."""
+
+    def __init__(self, model, decay):
+        super().__init__()
+        self.module, self.decay = copy.deepcopy(model), decay
+        self.register_buffer('n_averaged', torch.tensor(0, dtype=torch.long))  # on the CPU: read without a sync
+
+    @torch.no_grad()
+    def update_parameters(self, model):
+        ema, weights = list(self.module.parameters()), [p.detach() for p in model.parameters()]
+        if self.n_averaged == 0:
+            torch._foreach_copy_(ema, weights)
+        else:
+            torch._foreach_lerp_(ema, weights, 1 - self.decay)
+        self.n_averaged += 1

@@ -1,7 +1,10 @@
-"""What only a CUDA GPU can show: compiled bf16 training and its resume, the fused optimizers under a float16
-GradScaler, pinned streamed batches, the MFU figure, bench.py on the GPU, NCCL torchrun. Every test here is marked
-`cuda` and skips without a GPU. On a GPU machine: python -m pytest -q -m cuda"""
+"""What only a CUDA GPU can show: compiled bf16 training and its resume (the ViT with every augmentation and the
+EMA too), float16 with a GradScaler, the fused optimizers under it, pinned streamed batches, a steady iteration
+without a host sync, the MFU figure, bench.py on the GPU, NCCL torchrun compiled. Every test here is marked `cuda`
+and skips without a GPU. On a GPU machine: python -m pytest -q -m cuda"""
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +16,8 @@ import devices
 from optim import SGDW
 from test_bench import bench, table
 from test_data import folder, prepared  # noqa: F401 (fixtures)
-from test_train import LM, N, assert_same_weights, load_ckpt, read_log, text_data, train, train_losses, val_losses  # noqa: F401
+from test_train import (ENV, LM, N, REPO, arg, assert_same_weights, load_ckpt, read_log, text_data, train,  # noqa: F401
+                        train_losses, val_losses)
 
 pytestmark = pytest.mark.cuda
 GPU = dict(device='cuda', dtype='bfloat16')
@@ -89,3 +93,68 @@ def test_torchrun_nccl_matches_one_process(text_data, tmp_path):
     assert '2 process(es), 2 micro-steps' in ddp.stdout
     np.testing.assert_allclose([l for _, l in train_losses(read_log(tmp_path / 'ddp'))],
                                [l for _, l in train_losses(read_log(tmp_path / 'single'))], rtol=1e-4)
+
+
+EVERY_AUGMENTATION = dict(image_size=12, crop='rrc', mixup=0.8, cutmix=1.0, three_augment=True, color_jitter=0.3,
+                          random_erasing=0.5, label_smoothing=0.1, drop_path=0.2, ema_decay=0.9, patch_size=4,
+                          batch_size=8, gradient_accumulation_steps=2)
+
+
+def test_vit_with_every_augmentation_and_ema_compiled_bf16_resumes(prepared, tmp_path):
+    """N iterations, then N resumed, against 2N straight, EMA included. Some CUDA backward kernels (the patch
+    convolution's) are not bitwise deterministic, so the runs agree to bf16 rounding rather than exactly."""
+    cfg = dict(LM['adamw'], **GPU, **EVERY_AUGMENTATION, compile=True, eval_interval=N)
+    train(tmp_path / 'straight', prepared, max_iters=2 * N, timeout=900, **cfg)
+    train(tmp_path / 'resumed', prepared, max_iters=N, timeout=900, **cfg)
+    train(tmp_path / 'resumed', prepared, '--init_from=resume', max_iters=2 * N, timeout=900, **cfg)
+    a, b = read_log(tmp_path / 'straight'), read_log(tmp_path / 'resumed')
+    assert [i for i, _ in train_losses(b)] == list(range(1, 2 * N + 1))
+    np.testing.assert_allclose([l for _, l in train_losses(b)], [l for _, l in train_losses(a)], rtol=2e-2)
+    sa, sb = load_ckpt(tmp_path / 'straight'), load_ckpt(tmp_path / 'resumed')
+    assert_same_weights(sa['model'], sb['model'], atol=2e-2)
+    assert_same_weights(sa['ema'], sb['ema'], atol=2e-2)
+
+
+def test_float16_with_a_gradscaler_trains(text_data, tmp_path):
+    train(tmp_path, text_data, max_iters=2 * N, eval_interval=2 * N, **dict(LM['adamw'], device='cuda', dtype='float16'))
+    losses = [l for _, l in train_losses(read_log(tmp_path))]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert load_ckpt(tmp_path)['scaler']['scale'] > 0  # the GradScaler's state, saved for resume
+
+
+SYNC_CHECK = '''
+import runpy, sys, torch
+import checkpoint
+first, last = int(sys.argv.pop(1)), int(sys.argv.pop(1))
+original, calls = checkpoint.StopOnSignals.__call__, [0]
+def each_iteration(self):  # called once an iteration, after the update
+    calls[0] += 1
+    torch.cuda.set_sync_debug_mode('error' if first <= calls[0] < last else 'default')
+    return original(self)
+checkpoint.StopOnSignals.__call__ = each_iteration
+sys.argv[0] = 'train.py'
+runpy.run_path('train.py', run_name='__main__')
+'''
+
+
+@pytest.mark.parametrize('kind', ['text', 'image'])
+def test_a_steady_iteration_never_waits_for_the_device(text_data, prepared, tmp_path, kind):
+    """Iterations 5 to 10 of 12 (no log, no eval) under torch.cuda.set_sync_debug_mode('error'): any host sync
+    (an .item(), a blocking copy, a read of a device tensor) raises."""
+    cfg = dict(LM['adamw'], **GPU, compile=True, max_iters=12, eval_interval=12, log_interval=12,
+               out_dir=str(tmp_path), data_dir=str(text_data if kind == 'text' else prepared),
+               **(EVERY_AUGMENTATION if kind == 'image' else {}))
+    r = subprocess.run([sys.executable, '-c', SYNC_CHECK, '4', '11', 'train.py', *(arg(k, v) for k, v in cfg.items())],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert load_ckpt(tmp_path)['iter_num'] == 12
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_torchrun_nccl_compiled_with_ema(text_data, tmp_path):
+    cfg = dict(gradient_accumulation_steps=4, batch_size=4, max_iters=6, eval_interval=3, learning_rate=1,
+               device='cuda', dtype='bfloat16', compile=True, ema_decay=0.5)
+    ddp = train(tmp_path, text_data, torchrun=True, timeout=900, **cfg)
+    assert '2 process(es), 2 micro-steps' in ddp.stdout and load_ckpt(tmp_path)['iter_num'] == 6
+    first = next(r for r in read_log(tmp_path) if r.get('iter') == 0 and 'val_loss' in r)
+    assert first['ema_val_loss'] == first['val_loss']  # the EMA starts from the weights every process holds

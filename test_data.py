@@ -369,10 +369,48 @@ def test_mix_strengths_are_betas_of_their_own_op(mixup, cutmix):
         assert spread > 0.35 if alpha < 1 else spread < 0.12
 
 
+class BlockingCopies(torch.overrides.TorchFunctionMode):
+    """Counts Tensor.to(device) without non_blocking=True: on CUDA, from pageable memory, each waits for all the
+    work queued on the device."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        to_device = 'device' in kwargs or any(isinstance(a, (str, torch.device)) for a in args[1:])
+        if func is torch.Tensor.to and to_device and not kwargs.get('non_blocking'):
+            self.count += 1
+        return func(*args, **kwargs)
+
+
+def test_an_image_iteration_copies_to_the_device_without_blocking(prepared):
+    """Every augmentation on, 4 micro-batches, and the EMA's update: the draws go to the device in one copy that
+    does not block, and the rest runs there."""
+    from optim import EMA
+    data = image_data(prepared, image_size=12, crop='rrc', mixup=0.8, cutmix=1.0, three_augment=True, color_jitter=0.3,
+                      random_erasing=0.5)
+    model = ViT(ViTConfig(n_layer=1, n_head=2, n_embd=16, image_size=12, patch_size=4, num_classes=3, preset='dnt'))
+    ema = EMA(model, 0.9)
+    gen = torch.Generator().manual_seed(0)
+    data.get_batches('train', 4, slice(None), gen)  # (the first EMA update copies the weights)
+    ema.update_parameters(model)
+    with BlockingCopies() as copies:
+        for _ in range(2):
+            batches = data.get_batches('train', 4, slice(None), gen)
+            ema.update_parameters(model)
+    assert copies.count == 0 and len(batches) == 4
+    with BlockingCopies() as copies:
+        torch.zeros(3).to('cpu')
+        torch.zeros(3).to('cpu', non_blocking=True)
+    assert copies.count == 1  # the counter sees a blocking copy
+
+
 def test_random_erasing_fills_boxes_with_noise_at_its_rate():
     g = torch.Generator().manual_seed(0)
     erase, boxes, seeds = imagenet.draw_erasing(1, 4000, 16, 16, 0.25, g)
-    assert erase.shape == (1, 4000) and boxes.shape == (1, 4000, 4) and seeds.shape == (1,)
+    assert erase.shape == (1, 4000) and boxes.shape == (1, 4000, 4) and len(seeds) == 1 and isinstance(seeds[0], int)
     assert erase.float().mean().item() == pytest.approx(0.25, abs=0.02)
     top, left, h, w = boxes[0][erase[0]].unbind(1)
     area = (h * w).float() / 256

@@ -178,7 +178,7 @@ def restore(stored, device, monkeypatch):
     config = dict(optimizer='msgdw', reset_optimizer=False, device=device)
     stored = dict(stored, model=model.state_dict(), model_args=dict(n_layer=1), optimizer=opt.state_dict(),
                   scaler={}, config=dict(optimizer='msgdw'), iter_num=3, best_val_loss=1.0)
-    out = checkpoint.restore(stored, 'ckpt.pt', model, None, {**asdict(model.config), 'n_layer': 1}, opt,
+    out = checkpoint.restore(stored, 'ckpt.pt', model, {**asdict(model.config), 'n_layer': 1}, opt,
                              torch.amp.GradScaler('cpu', enabled=False), torch.Generator(), config, 0, 1, lines.append)
     assert out == (3, 1.0, True)
     return set_states, lines

@@ -367,8 +367,9 @@ def test_a_signal_mid_run_resumes_bit_for_bit_on_text_that_is_not_repetitive(tmp
     assert_same_weights(load_ckpt(tmp_path / 'straight')['model'], load_ckpt(tmp_path / 'stopped')['model'], atol=0)
 
 def test_torchrun_matches_single_process(text_data, tmp_path):
-    # two micro-steps per process: the gradients must be synced on the last one, after both are summed
-    cfg = dict(gradient_accumulation_steps=4, batch_size=4, max_iters=3, eval_interval=3, learning_rate=1)
+    # two micro-steps per process: the gradients must be synced on the last one, after both are summed; the EMA
+    # is built from the weights DDP gave every process (rank 0's), not from each process's own init
+    cfg = dict(gradient_accumulation_steps=4, batch_size=4, max_iters=3, eval_interval=3, learning_rate=1, ema_decay=0.5)
     single = train(tmp_path / 'single', text_data, **cfg)
     ddp = train(tmp_path / 'ddp', text_data, torchrun=True, **cfg)
     assert '2 process(es), 2 micro-steps' in ddp.stdout and '1 process(es), 4 micro-steps' in single.stdout
@@ -380,6 +381,40 @@ def test_torchrun_matches_single_process(text_data, tmp_path):
     cs, cd = load_ckpt(tmp_path / 'single'), load_ckpt(tmp_path / 'ddp')
     assert cd['iter_num'] == 3 and cd['rng']['world_size'] == 2 and len(cd['rng']['cpu']) == 2
     assert_same_weights(cd['model'], cs['model'], rtol=1e-5, atol=1e-6)
+    assert_same_weights(model_weights(cd), model_weights(cs), rtol=1e-5, atol=1e-6)
+    first = next(r for r in ld if r.get('iter') == 0 and 'val_loss' in r)
+    assert first['ema_val_loss'] == first['val_loss']
+
+
+def test_sigterm_under_torchrun_saves_within_two_iterations(text_data, tmp_path):
+    """The processes agree on a stop one iteration after the signal, not at the next log_interval (here never)."""
+    cfg = {**TINY, **LM['msgdw'], 'out_dir': str(tmp_path), 'data_dir': str(text_data), 'max_iters': 100000,
+           'lr_decay_iters': 100000, 'eval_interval': 1, 'log_interval': 100000, 'gradient_accumulation_steps': 2}
+    p = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py',
+                          *(arg(k, v) for k, v in cfg.items())], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, wait = time.time() + 180, 3 + np.random.default_rng().integers(8)  # a random iteration past 3
+        while not (tmp_path / 'log.jsonl').exists() or len(val_losses(read_whole_lines(tmp_path))) < wait:
+            assert p.poll() is None and time.time() < deadline, "the run ended or made no progress"
+            time.sleep(0.02)
+        seen = val_losses(read_whole_lines(tmp_path))[-1][0]  # the run is at this iteration or just past it
+        p.send_signal(signal.SIGTERM)
+        _, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    stopped = load_ckpt(tmp_path)['iter_num']
+    assert seen <= stopped <= seen + 3, (seen, stopped, stderr[-2000:])  # the signal's iteration, + 1 to agree, + 1 seen late
+    iters = [r['iter'] for r in read_whole_lines(tmp_path) if 'val_loss' in r]
+    assert iters == list(range(stopped)) and not load_ckpt(tmp_path)['evaluated']  # its eval runs on resume
+
+
+def read_whole_lines(out_dir):
+    """log.jsonl of a running process: its whole lines."""
+    text = (Path(out_dir) / 'log.jsonl').read_text()
+    return [json.loads(line) for line in text[:text.rfind('\n') + 1].splitlines()]
 
 
 def test_torchrun_reports_a_config_error_once(text_data, tmp_path):

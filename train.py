@@ -20,7 +20,6 @@ report_errors('train.py')  # from here on, a wrong input (or Ctrl-C before the l
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import checkpoint
 import checks
@@ -28,6 +27,7 @@ from data import ImageData, TextData, eval_sums, load_meta
 from devices import autocast, default_device, set_current
 from diagnostics import grad_stats
 from model import GPT, GPTConfig, ViT, ViTConfig
+from optim import EMA
 
 # ----------------------------------------------------------------------------------------
 # default config: DNT GPT-2 124M on OpenWebText with mSGDW
@@ -165,7 +165,6 @@ else:  # GPT-2's weights: they set the model's size, bias and vocabulary
         f"vocab_size {vocab_size}, bias; these replace the config's")
 model_args = asdict(model.config)  # resolved: the preset's switches filled in
 model.to(device)
-ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None  # a copy
 config = {k: globals()[k] for k in config_keys}  # what this run trains with: logged, saved, resumed from
 
 # ----------------------------------------------------------------------------------------
@@ -176,7 +175,7 @@ opt = model.configure_optimizers(optimizer, learning_rate, weight_decay, (beta1,
                                  device_type)
 iter_num, best_val_loss, evaluated = 0, float('inf'), False  # evaluated: the eval of iter_num has run
 if stored_run is not None:
-    iter_num, best_val_loss, evaluated = checkpoint.restore(stored_run, ckpt_path, model, ema, model_args, opt,
+    iter_num, best_val_loss, evaluated = checkpoint.restore(stored_run, ckpt_path, model, model_args, opt,
                                                             scaler, data_gen, config, rank, world_size, log)
 raw_model = model
 if compile:
@@ -184,6 +183,9 @@ if compile:
     model = torch.compile(model, dynamic=False)  # static shapes: every batch, train or eval, has one shape
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
+ema = EMA(raw_model, ema_decay) if ema_decay else None  # a copy of the weights, the same on every process now
+if ema is not None and stored_run is not None:
+    checkpoint.restore_ema(stored_run, ckpt_path, ema, raw_model, log)
 
 
 def all_reduce_sum(t):
@@ -266,13 +268,13 @@ if master_process and not eval_only:
         changed = {k: dict(checkpoint=old, now=new) for k, (old, new) in overrides.items()}
         write_log(dict(iter=iter_num, resume=changed))
 stored_run = None  # free the memory
-stop_requested = checkpoint.stop_on_signals()  # SIGTERM or SIGINT: finish the step, save, exit 0
+stop_requested = checkpoint.StopOnSignals(ddp)  # SIGTERM or SIGINT: finish the step, save, exit 0
 
 # ----------------------------------------------------------------------------------------
 # training loop
 
 # the host stays ahead of the device: it draws an iteration's batches while the device runs the backward pass
-# of the one before, and waits for the device only at log_interval (loss, stop request) and at evals
+# of the one before, and waits for the device only at log_interval (the loss) and at evals
 rows = slice(rank * accum_steps, (rank + 1) * accum_steps)  # this process's micro-batches of each iteration
 
 
@@ -331,12 +333,9 @@ while True:
     iter_num += 1
     evaluated = False
 
-    # every log_interval iterations, one small all-reduce: every process sees the same mean loss and stop request
-    stop = bool(stop_requested) and not ddp  # one process stops at once; DDP processes agree at the next log
-    if iter_num % log_interval == 0:
-        stop_flag = torch.tensor(float(bool(stop_requested)), device=device)
-        reduced = all_reduce_sum(torch.stack([loss_sum.float(), stop_flag]))
-        train_loss, stop = reduced[0].item() / world_size, reduced[1].item() > 0
+    stop = stop_requested()  # under DDP: every process's vote of the iteration before
+    if iter_num % log_interval == 0:  # every process sees the same mean loss
+        train_loss = all_reduce_sum(loss_sum.float()).item() / world_size
         if not math.isfinite(train_loss):
             raise diverged('loss', train_loss)
         t1 = time.time()
