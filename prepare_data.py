@@ -183,6 +183,7 @@ def atomic_dir(out_dir, resumable=False):
     One prepare_data.py at a time writes out_dir: it holds .NAME.lock beside it meanwhile."""
     check_replaceable(out_dir)
     parent, name = os.path.split(os.path.abspath(out_dir))
+    made = [d for d in _ancestors(parent) if not os.path.exists(d)]  # deepest first; removed again if left empty
     lock = os.path.join(parent, f'.{name}.lock')
     lock_fd = claim(lock, out_dir)
     try:
@@ -191,6 +192,16 @@ def atomic_dir(out_dir, resumable=False):
     finally:
         os.remove(lock)  # while still held: a process waiting on this file then locks a new one
         os.close(lock_fd)
+        for d in made:
+            if not os.listdir(d):
+                os.rmdir(d)
+
+
+def _ancestors(path):
+    """path, its parent, and so on up to the root."""
+    while path != os.path.dirname(path):
+        yield path
+        path = os.path.dirname(path)
 
 
 @contextmanager
@@ -573,7 +584,8 @@ def main(argv=None):
     except (DataError, ConfigError) as e:
         sys.exit(f"prepare_data.py: error: {' '.join(str(e).split())}")  # always one line
     except OSError as e:  # a full or read-only disk
-        sys.exit(f"prepare_data.py: error: cannot write {e.filename or out_dir} ({e.strerror}); nothing was replaced: "
+        reason = e.strerror or f"{e}: is the disk full?"  # numpy's tofile says only how much it wrote
+        sys.exit(f"prepare_data.py: error: cannot write {e.filename or out_dir} ({reason}); nothing was replaced: "
                  "free space, or give another --out_dir")
     except KeyboardInterrupt:
         sys.exit("prepare_data.py: interrupted; nothing half-written is kept but what a rerun continues from")

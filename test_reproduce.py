@@ -155,7 +155,7 @@ def test_width_study_and_lion(quick):
             wide = points[f'64/{p}+{o}']
             assert len(wide['lr_sweep']) >= 2 and len(wide['per_seed']) in (1, 2)
             assert all((runs[n]['config']['n_embd'], runs[n]['config']['n_head']) == (64, 4) for n in wide['runs'])
-            assert all(n.endswith(f"_w64_s{runs[n]['config']['seed']}") for n in wide['runs'])
+            assert all('_w64_' in n for n in wide['runs']) and not any('_w64_' in n for n in points[f'32/{p}+{o}']['runs'])
         lion = summary['lion'][task]
         assert set(lion) == {f"{10 if task == 'lm' else 20}/{p}+lion" for p in ('standard', 'dnt')}
         for c in lion.values():
