@@ -13,8 +13,8 @@ What each norm removes from the Jacobians (a norm's Jacobian scales as 1/||input
 - InputNorm: the scale of the embedding x0, which the residual stream carries into every later norm.
 - PreNorm: the token norms of the residual stream from the attention Jacobian (and W_q, W_k, W_v grads).
 - QKNorm: the magnitudes of W_q and W_k from the attention logits and their gradients.
-- MidNorm: the magnitudes of W_v, W_o and W_2 (the sub-block is linear in each). Not W_1 (mlp.c_fc): GELU
-  is not homogeneous. Exact with RMSNorm; LayerNorm's eps makes it approximate while activations are small.
+- MidNorm: the magnitudes of W_v, W_o and W_2 (the sub-block is linear in each, without biases). Not W_1 (mlp.c_fc):
+  GELU is not homogeneous. With RMSNorm, exact up to rounding; LayerNorm's eps makes it approximate for small inputs.
 Those weights' scale sets only their effective step (lr / ||W||^2), which decoupled weight decay bounds:
 momentum SGD (mSGDW, optim.py) trains them with one global lr.
 """
@@ -42,7 +42,12 @@ NORMS = ('layernorm', 'rmsnorm')
 GPT2_MODELS = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # OpenAI's weights on the Hugging Face hub
 
 # ----------------------------------------------------------------------------------------
-# configs
+# configs, and what their fields may be (checked by TransformerConfig.__post_init__)
+
+COUNTS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size', 'image_size', 'patch_size', 'in_chans',
+          'num_classes')  # at least 1
+RATES = ('dropout', 'drop_path')  # in [0, 1)
+CHOICES = dict(preset=tuple(PRESETS), norm=NORMS, pool=('cls', 'mean'))
 
 @dataclass
 class TransformerConfig:
@@ -61,36 +66,26 @@ class TransformerConfig:
     final_norm: bool = True
 
     def __post_init__(self):
-        self.check_positive('n_layer', 'n_head', 'n_embd')
-        for rate in ('dropout', 'drop_path'):
-            if not 0 <= getattr(self, rate) < 1:
-                raise ValueError(f"{rate} must be in [0, 1), got {getattr(self, rate)}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; choose one of {NORMS}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        for switch, on in PRESETS[self.preset].items():
+        for name, value in vars(self).items():  # a subclass's fields too
+            if name in COUNTS and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+            if name in RATES and not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+            if name in CHOICES and value not in CHOICES[name]:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {CHOICES[name]}")
+        for switch in (*PRESETS[self.preset], 'final_norm', 'bias'):  # the preset fills those left at None
             if getattr(self, switch) is None:
-                setattr(self, switch, on)
-        for switch in (*PRESETS[self.preset], 'final_norm', 'bias'):
+                setattr(self, switch, PRESETS[self.preset].get(switch))
             if not isinstance(getattr(self, switch), bool):
                 raise ValueError(f"{switch} must be True or False, got {getattr(self, switch)!r}")
-
-    def check_positive(self, *names):
-        for name in names:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, by in (('n_embd', 'n_head'), ('image_size', 'patch_size')):
+            if name in vars(self) and getattr(self, name) % getattr(self, by):
+                raise ValueError(f"{name} ({getattr(self, name)}) must be divisible by {by} ({getattr(self, by)})")
 
 @dataclass
 class GPTConfig(TransformerConfig):
     block_size: int = 1024
     vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for speed
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.check_positive('block_size', 'vocab_size')
 
 @dataclass
 class ViTConfig(TransformerConfig):
@@ -100,20 +95,10 @@ class ViTConfig(TransformerConfig):
     num_classes: int = 10
     pool: str = 'cls'  # 'cls' token or 'mean' over patches
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.check_positive('image_size', 'patch_size', 'in_chans', 'num_classes')
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
-        if self.pool not in ('cls', 'mean'):
-            raise ValueError(f"unknown pool {self.pool!r}; choose 'cls' or 'mean'")
-
 def norm_layer(config, dim, on=True):
     if not on:
         return nn.Identity()
-    if config.norm == 'rmsnorm':
-        return nn.RMSNorm(dim)
-    return nn.LayerNorm(dim, bias=config.bias)
+    return nn.RMSNorm(dim) if config.norm == 'rmsnorm' else nn.LayerNorm(dim, bias=config.bias)
 
 # ----------------------------------------------------------------------------------------
 # the shared block
@@ -126,7 +111,8 @@ class SelfAttention(nn.Module):
         self.causal, self.dropout = causal, config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        # per-head norm over head_dim with a gain shared by the heads; the 1/sqrt(head_dim) softmax scale is kept
+        # QKNorm: per head over head_dim, one gain shared by the heads; the 1/sqrt(head_dim) softmax scale is kept.
+        # With norm='layernorm' it is mean-centred, unlike the paper's RMS formula (gain * q / rms(q)).
         self.q_norm = norm_layer(config, self.head_dim, config.qk_norm)
         self.k_norm = norm_layer(config, self.head_dim, config.qk_norm)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -136,10 +122,8 @@ class SelfAttention(nn.Module):
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).unbind(dim=2)  # 3 x (B, T, nh, hs)
         q, k = self.q_norm(q), self.k_norm(k)  # normalized over hs before the transpose: no extra copy
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=self.causal)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, nh * hs)
-        return self.resid_dropout(self.c_proj(y))
+                                           dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))  # (B, nh, T, hs) -> (B, T, C)
 
 class MLP(nn.Module):
 
@@ -221,9 +205,7 @@ class Transformer(nn.Module):
     def get_num_params(self, non_embedding=True):
         """Parameter count; the tied head is counted once, position embeddings left out by default."""
         n_params = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n_params -= self.transformer.wpe.weight.numel()
-        return n_params
+        return n_params - self.transformer.wpe.weight.numel() if non_embedding else n_params
 
     def configure_optimizers(self, optimizer, learning_rate, weight_decay, betas=(0.9, 0.95),
                              momentum=0.9, nesterov=False, device_type='cpu'):
@@ -291,8 +273,7 @@ class GPT(Transformer):
         if name not in GPT2_MODELS and not os.path.isdir(name):
             raise ValueError(f"unknown pretrained model {name!r}; choose one of {', '.join(GPT2_MODELS)} "
                              "or a directory saved by transformers' GPT2LMHeadModel.save_pretrained")
-        config = GPTConfig(**norms)  # resolves the preset, so that every switch can be compared
-        standard = GPTConfig(preset='standard')
+        config, standard = GPTConfig(**norms), GPTConfig(preset='standard')  # resolved: every switch can be compared
         differ = [k for k in ('norm', *PRESETS['standard'], 'final_norm') if getattr(config, k) != getattr(standard, k)]
         if differ:
             raise ValueError(f"GPT-2's weights fit the standard preset only; preset {config.preset!r} with "
@@ -319,8 +300,7 @@ class GPT(Transformer):
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
         """Extend idx (b, t) by max_new_tokens sampled tokens; top_k=1 is greedy decoding."""
         for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size:]
-            logits, _ = self(idx_cond)
+            logits, _ = self(idx[:, -self.config.block_size:])  # the context cropped to block_size
             logits = logits[:, -1, :] / temperature
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
@@ -332,10 +312,9 @@ class GPT(Transformer):
 class ViT(Transformer):
 
     def __init__(self, config):
-        n_patches = (config.image_size // config.patch_size) ** 2
         patch = nn.Conv2d(config.in_chans, config.n_embd, config.patch_size, stride=config.patch_size, bias=config.bias)
         super().__init__(config, causal=False, embedding=dict(patch=patch),
-                         n_pos=n_patches + (config.pool == 'cls'))
+                         n_pos=(config.image_size // config.patch_size) ** 2 + (config.pool == 'cls'))
         # a vector, not a (1, 1, C) tensor, so that like other vectors it gets no weight decay
         self.cls_token = nn.Parameter(torch.zeros(config.n_embd)) if config.pool == 'cls' else None
         self.head = nn.Linear(config.n_embd, config.num_classes, bias=True)

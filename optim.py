@@ -8,14 +8,17 @@ import torch
 
 
 class SGDW(torch.optim.SGD):
-    """Momentum SGD with decoupled weight decay (mSGDW). Each step, for a weight p with gradient g:
+    """Momentum SGD with decoupled weight decay (mSGDW), the paper's optimizer. Each step, for a weight p
+    with gradient g, step() runs three lines:
 
         p <- p * (1 - lr * wd)    decoupled decay: shrinks p whatever g is (the "W" of AdamW)
-        b <- momentum * b + g     momentum (b = g on the first step): torch's SGD
+        b <- momentum * b + g     the momentum buffer (b = g on the first step)
         p <- p - lr * b           (nesterov: p <- p - lr * (g + momentum * b))
 
-    One buffer per weight, where AdamW keeps two. SGD's own weight_decay adds wd * p to g
-    (coupled), so it stays 0: each group's weight_decay is moved to 'decoupled_weight_decay'."""
+    One buffer per weight, where AdamW keeps two. After the decay, step() does what torch's SGD does on the
+    CPU, operation for operation, so the weights match it bit for bit; the state ('momentum_buffer') and the
+    groups are SGD's too, shared with the fused kernels of the fast path. SGD's own weight_decay adds wd * p
+    to g (coupled), so it stays 0: each group's weight_decay is moved to 'decoupled_weight_decay'."""
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, nesterov=False, fused=None):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, fused=fused)
@@ -26,16 +29,28 @@ class SGDW(torch.optim.SGD):
         group['decoupled_weight_decay'], group['weight_decay'] = group['weight_decay'], 0.0
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self):
         if self.defaults['fused']:
             return self.fused_step()
         for group in self.param_groups:
+            lr, wd, momentum = group['lr'], group['decoupled_weight_decay'], group['momentum']
             for p in group['params']:
-                if p.grad is not None:  # like SGD: a weight without a gradient is not touched
-                    p.mul_(1 - group['lr'] * group['decoupled_weight_decay'])
-        return super().step(closure)  # the momentum lines
+                if p.grad is None:  # like SGD: a weight without a gradient is not touched, not even decayed
+                    continue
+                g = p.grad
+                p.mul_(1 - lr * wd)  # decoupled decay
+                if momentum:
+                    b = self.state[p].get('momentum_buffer')
+                    if b is None:
+                        b = self.state[p]['momentum_buffer'] = g.clone()  # b = g on the first step
+                    else:
+                        b.mul_(momentum).add_(g)
+                    g = g.add(b, alpha=momentum) if group['nesterov'] else b
+                p.add_(g, alpha=-lr)  # the step
 
-    # fast path: one fused kernel per group (CUDA), the same update as step()
+    # ----------------------------------------------------------------------------------------
+    # fast path: torch's fused kernels (CUDA), one launch per group for the update of step()
+
     def fused_step(self):
         # GradScaler calls a fused optimizer's step even on a step it skips, with found_inf = 1 (a device
         # tensor, read without a sync): the decay must skip with it.
@@ -51,13 +66,14 @@ class SGDW(torch.optim.SGD):
             decay = group['lr'] * group['decoupled_weight_decay']
             if params and decay:
                 torch._foreach_mul_(params, 1 - decay if skip is None else 1 - decay * (1 - skip))
-        return super().step()
+        return super().step()  # the momentum and step lines, in SGD's fused kernel
 
 
 class MuonAdamW:
-    """torch.optim.Muon (momentum 0.95, Nesterov) on `muon_params`, AdamW on `adamw_groups`, as one optimizer:
-    the split of Keller Jordan's Muon and modded-nanogpt. Muon's update is rescaled to AdamW's RMS (Moonshot,
-    "Muon is Scalable for LLM Training", 2025), so both halves share one learning rate and weight decay."""
+    """A comparison, not in the paper. torch.optim.Muon (momentum 0.95, Nesterov) on `muon_params`, AdamW on
+    `adamw_groups`, as one optimizer: the split of Keller Jordan's Muon and modded-nanogpt. Muon's update is
+    rescaled to AdamW's RMS (Moonshot, "Muon is Scalable for LLM Training", 2025), so both halves share one
+    learning rate and weight decay."""
 
     def __init__(self, muon_params, adamw_groups, lr, weight_decay, betas, fused=False):
         self.optimizers = [torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, adjust_lr_fn='match_rms_adamw'),
@@ -88,8 +104,9 @@ class MuonAdamW:
 
 
 class Lion(torch.optim.Optimizer):
-    """Lion (Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023): like mSGDW, one buffer
-    per weight, but every entry of the step has the same size. Each step, for a weight p with gradient g:
+    """A comparison, not in the paper. Lion (Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023):
+    like mSGDW, one buffer per weight, but every entry of the step has the same size. Each step, for a weight p
+    with gradient g:
 
         p <- p * (1 - lr * wd)                          decoupled decay
         p <- p - lr * sign(beta1 * m + (1 - beta1) * g)  the step: the sign of an interpolation

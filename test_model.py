@@ -454,6 +454,40 @@ def test_sgdw_step_by_hand(nesterov, fused):
     assert torch.equal(frozen.detach(), p0) and frozen not in opt.state  # like torch's SGD: no grad, no decay
 
 
+@pytest.mark.parametrize('momentum, nesterov', [(0.9, False), (0.9, True), (0.0, False)])
+def test_sgdw_is_torchs_sgd_after_the_decay_bit_for_bit(momentum, nesterov):
+    """SGDW.step against the decoupled decay followed by torch's SGD (its single-tensor path, the CPU's): the
+    same float32 weights and buffers, bit for bit, at every step, so that recorded runs still reproduce."""
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, 7, generator=g), torch.randn(7, generator=g), torch.randn(3, generator=g)]
+    grads = [[torch.randn_like(p) for p in start[:2]] for _ in range(5)]  # the last weight never gets one
+    ours, theirs = [nn.Parameter(p.clone()) for p in start], [nn.Parameter(p.clone()) for p in start]
+    wds = (0.1, 0.0)
+    opt = SGDW([dict(params=ours[:1], weight_decay=wds[0]), dict(params=ours[1:], weight_decay=wds[1])],
+               lr=0.3, momentum=momentum, nesterov=nesterov)
+    sgd = torch.optim.SGD([dict(params=theirs[:1]), dict(params=theirs[1:])], lr=0.3, momentum=momentum,
+                          nesterov=nesterov, foreach=False)
+    for i, step_grads in enumerate(grads):
+        for group in (*opt.param_groups, *sgd.param_groups):
+            group['lr'] = 0.3 * (i + 1) / len(grads)  # a schedule, as in train.py
+        for params in (ours, theirs):
+            for p, grad in zip(params, step_grads):
+                p.grad = grad.clone()
+        opt.step()
+        with torch.no_grad():
+            for group, wd in zip(sgd.param_groups, wds):
+                for p in group['params']:
+                    if p.grad is not None:
+                        p.mul_(1 - group['lr'] * wd)
+        sgd.step()
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+        if momentum:
+            assert all(torch.equal(opt.state[a]['momentum_buffer'], sgd.state[b]['momentum_buffer'])
+                       for a, b in zip(ours[:2], theirs[:2]))
+    assert not torch.equal(ours[0].detach(), start[0]) and torch.equal(ours[2].detach(), start[2])
+    assert ours[2] not in opt.state and len(opt.state) == (2 if momentum else 0)
+
+
 @pytest.mark.parametrize('fused', [False, True])  # unfused, GradScaler skips step(); fused, step() must skip itself
 def test_sgdw_skips_decay_on_steps_gradscaler_skips(fused):
     lr, wd = 0.5, 0.1
