@@ -1,6 +1,6 @@
 """Tests for the image pipeline: prepare_data.py imagefolder (JPEGs written here), data.py's
 augmentations and streaming, and train.py on the prepared folder (streamed, resumed).
-CPU only, no network. Run: python -m pytest -q test_data.py
+CPU only, no network. Run: python -m pytest -q tests/test_data.py
 """
 import contextlib
 import json
@@ -22,7 +22,7 @@ import images
 import prepare_data as pd
 import sample
 from model import ViT, ViTConfig
-from test_train import assert_clean_error, assert_same_weights, load_ckpt, read_log, train
+from test_train import REPO, assert_clean_error, assert_same_weights, load_ckpt, read_log, train
 
 CLASSES = ['cat', 'dog', 'eel']
 COLORS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]  # each class a color: learnable in a few steps
@@ -164,11 +164,10 @@ def test_ctrl_c_mid_decoding_is_one_line(tmp_path):
                 os.link(big, tmp_path / 'in' / split / c / f'{i}.jpg')
     cmd = [sys.executable, 'prepare_data.py', 'imagefolder', '--input', str(tmp_path / 'in'), '--out_dir',
            str(tmp_path / 'out'), '--image_size', '16', '--num_proc', '2']
-    repo = os.path.dirname(os.path.abspath(__file__))
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     # its own process group with SIGINT at its default, as a terminal's foreground job (a shell that started the
     # tests in the background, or under nohup, hands them SIGINT ignored)
-    p = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     partial = tmp_path / '.out.partial'
     for _ in range(600):
@@ -487,7 +486,7 @@ def test_bench_times_the_loader(prepared):
     r = subprocess.run([sys.executable, 'bench.py', f'--loader={prepared}', '--image_size=12', "--crop='rrc'", '--mixup=0.8',
                         '--three_augment=True', '--color_jitter=0.3', '--random_erasing=0.25',
                         '--batch_size=4', '--gradient_accumulation_steps=2', '--warmup=1', '--iters=2', '--device=cpu'],
-                       cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True, text=True, timeout=120,
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
                        env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f'loader: {prepared}, 21 images of 16x16x3 -> 12 px, 2 x 4 images an iteration')
