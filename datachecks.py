@@ -12,6 +12,10 @@ import numpy as np
 
 from configurator import ConfigError, DataError
 
+# ----------------------------------------------------------------------------------------
+# a dataset directory
+
+
 def read_meta(data_dir):
     """data_dir's meta.json, checked; a missing one names the command that writes it."""
     path = os.path.join(data_dir, 'meta.json')
@@ -120,6 +124,7 @@ def check_image_split(data_dir, split, meta, load):
 
 # ----------------------------------------------------------------------------------------
 # the lock of a directory a process writes
+
 
 _claimed = []  # the locks this process holds, open until it exits
 
