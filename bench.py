@@ -8,7 +8,7 @@ $ python bench.py --model=vit --profile=True --trace=trace.json
 $ python bench.py config/dnt_vit_large_imagenet.py --loader=data/imagenet --device=cpu
 A step is one micro-batch: gradient_accumulation_steps is ignored. A training iteration of
 train.py costs about accumulation x (step - optimizer) + optimizer.
---loader=DATA_DIR times train.py's image pipeline alone instead (data.py's ImageData, streamed from
+--loader=DATA_DIR times train.py's image pipeline alone instead (images.py's ImageData, streamed from
 DATA_DIR at image_size with the config's augmentation, an iteration of gradient_accumulation_steps
 micro-batches at a time): images/s read from disk by data_workers threads, and images/s read and
 augmented on the device, read ahead as in train.py. No model.
@@ -61,8 +61,9 @@ torch.backends.cudnn.allow_tf32 = True
 
 def time_loader():
     """Images/s of the image pipeline on `loader`: reads alone (no read-ahead), then batches as train.py gets them."""
-    from checks import DataError
-    from data import ImageData, load_meta
+    from configurator import DataError
+    from data import load_meta
+    from images import ImageData
     try:
         meta = load_meta(loader)
         data = ImageData(loader, meta, device, batch_size, image_size, augment, crop, crop_padding, rrc_min_scale,

@@ -2,7 +2,7 @@
 # The 124M configs on one GPU, through bench.py on random data: ms/step, tokens/s, MFU, peak memory.
 # A step is one micro-batch of 12 x 1024 tokens (gradient_accumulation_steps is ignored), compiled, bf16.
 # Under 8 minutes on an H100/H200: the runs after the first of each model hit the compile cache.
-# Overrides (test_bench.py runs it on the CPU with them): PYTHON, NVIDIA_SMI (the command that names the GPU),
+# Overrides (tests/test_bench.py runs it on the CPU with them): PYTHON, NVIDIA_SMI (the command that names the GPU),
 # BENCH_DEVICE_ARGS (bench.py's device flags) and BENCH_ARGS (more bench.py flags for every run, after the config's).
 set -euo pipefail
 cd "$(dirname "$0")"

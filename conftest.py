@@ -1,8 +1,13 @@
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
+
+# the tests in tests/ import the scripts (import data) and each other (from test_train import ...)
+REPO = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [path for path in (REPO, os.path.join(REPO, 'tests')) if path not in sys.path]
 
 
 @pytest.fixture(autouse=True, scope='module')

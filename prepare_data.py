@@ -48,9 +48,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from checks import DataError, check_images, claim, file_stamp
-from configurator import ConfigError
+from configurator import ConfigError, DataError
 from data import DATASET_FILES, get_tokenizer, gpt2_encoding
+from datachecks import check_images, claim, file_stamp
 
 # file in the download cache -> (url, md5)
 DOWNLOADS = {

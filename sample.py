@@ -12,10 +12,12 @@ import sys
 import torch
 
 import checkpoint
-from configurator import ConfigError, OneLineParser, boolean
-from checks import DataError, check_meta, check_sample_args, prompt_ids
-from data import GPT2_BPE, ImageData, eval_sums, get_tokenizer, load_meta
+from checks import check_sample_args, prompt_ids
+from configurator import ConfigError, DataError, OneLineParser, boolean
+from data import GPT2_BPE, eval_sums, get_tokenizer, load_meta
+from datachecks import check_meta
 from devices import autocast, default_device
+from images import ImageData
 from model import GPT, GPT2_MODELS, GPTConfig, ViT, ViTConfig
 
 

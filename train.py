@@ -23,9 +23,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
 import checks
-from data import ImageData, TextData, eval_sums, load_meta
+from data import TextData, eval_sums, load_meta
+from datachecks import claim
 from devices import autocast, default_device, set_current
 from diagnostics import grad_stats
+from images import ImageData
 from model import GPT, GPTConfig, ViT, ViTConfig
 from optim import EMA
 
@@ -53,7 +55,7 @@ gradient_accumulation_steps = 40  # for the whole run: divided by the number of 
 batch_size = 12  # per micro-step and process
 block_size = 1024
 vocab_size = 0  # 0: meta.json's; 50304 pads GPT-2's 50257 to a multiple of 64 for speed
-# images (data.py's ImageData): the CIFAR recipe; config/*imagenet.py set the ImageNet one
+# images (images.py's ImageData): the CIFAR recipe; config/*imagenet.py set the ImageNet one
 image_size = 0  # train at this size, evaluate on the center crop of this size; 0: as stored
 stream = False  # read batches from disk in data_workers threads, an iteration ahead (sets larger than memory)
 data_workers = 4
@@ -140,7 +142,7 @@ def log(*args):
 
 
 # ----------------------------------------------------------------------------------------
-# data (data.py) and model (model.py): the two places where text and images differ
+# data (data.py, images.py) and model (model.py): the two places where text and images differ
 
 data_dir = data_dir or os.path.join('data', dataset)
 meta = load_meta(data_dir, log)
@@ -259,7 +261,7 @@ log(f"{Model.__name__} with {raw_model.get_num_params() / 1e6:.2f}M parameters; 
     f"{accum_steps} micro-steps of {batch_size} each, {data.samples_per_micro_step * accum_steps * world_size:,} "
     f"{data.unit} per iteration")
 if master_process and not eval_only:
-    checks.claim(os.path.join(out_dir, 'run.lock'), out_dir)  # the run owns out_dir: a second train.py is refused
+    claim(os.path.join(out_dir, 'run.lock'), out_dir)  # the run owns out_dir: a second train.py is refused
     checkpoint.start_run_dir(out_dir, config, stored_run)
     if wandb_log:
         import wandb

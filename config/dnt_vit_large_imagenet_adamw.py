@@ -7,7 +7,7 @@ dataset = 'imagenet'
 image_size, stream, data_workers = 224, True, 8  # eval: the 224 center crop of the stored 256 (MAE, DeiT)
 augment, crop, flip = True, 'rrc', True  # MAE: random-resized-crop and flip
 # MAE: RandAugment (9, 0.5). Here DeiT III's 3-Augment and color jitter 0.3 (Touvron et al. 2022), which run batched
-# on the device (imagenet.py); DeiT III trains ViTs from scratch with them in place of RandAugment
+# on the device (images.py); DeiT III trains ViTs from scratch with them in place of RandAugment
 three_augment, color_jitter = True, 0.3
 random_erasing = 0.0  # MAE's from-scratch table has none (DeiT: 0.25)
 mixup, cutmix, label_smoothing = 0.8, 1.0, 0.1  # MAE

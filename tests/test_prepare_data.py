@@ -1,6 +1,6 @@
 """
 Tests for prepare_data.py. Every input is written here into tmp_path; no network, no shared data.
-Run: python -m pytest -q test_prepare_data.py
+Run: python -m pytest -q tests/test_prepare_data.py
 """
 import gzip
 import hashlib
@@ -22,7 +22,7 @@ import pytest
 import prepare_data as pd
 from data import DataError, get_tokenizer, load_images, load_meta
 
-SCRIPT = Path(__file__).with_name('prepare_data.py')
+SCRIPT = Path(__file__).resolve().parent.parent / 'prepare_data.py'
 TEXT = "First Citizen:\nBefore we proceed — any further, hear me speak. Café, naïve!\n\n" * 30 + "Exeunt.\r\n"  # \r kept
 
 def run(*args, cwd=None):

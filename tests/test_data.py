@@ -1,6 +1,6 @@
 """Tests for the image pipeline: prepare_data.py imagefolder (JPEGs written here), data.py's
 augmentations and streaming, and train.py on the prepared folder (streamed, resumed).
-CPU only, no network. Run: python -m pytest -q test_data.py
+CPU only, no network. Run: python -m pytest -q tests/test_data.py
 """
 import contextlib
 import json
@@ -18,11 +18,11 @@ import pytest
 import torch
 
 import data as D
-import imagenet
+import images
 import prepare_data as pd
 import sample
 from model import ViT, ViTConfig
-from test_train import assert_clean_error, assert_same_weights, load_ckpt, read_log, train
+from test_train import REPO, assert_clean_error, assert_same_weights, load_ckpt, read_log, train
 
 CLASSES = ['cat', 'dog', 'eel']
 COLORS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]  # each class a color: learnable in a few steps
@@ -164,11 +164,10 @@ def test_ctrl_c_mid_decoding_is_one_line(tmp_path):
                 os.link(big, tmp_path / 'in' / split / c / f'{i}.jpg')
     cmd = [sys.executable, 'prepare_data.py', 'imagefolder', '--input', str(tmp_path / 'in'), '--out_dir',
            str(tmp_path / 'out'), '--image_size', '16', '--num_proc', '2']
-    repo = os.path.dirname(os.path.abspath(__file__))
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     # its own process group with SIGINT at its default, as a terminal's foreground job (a shell that started the
     # tests in the background, or under nohup, hands them SIGINT ignored)
-    p = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     partial = tmp_path / '.out.partial'
     for _ in range(600):
@@ -198,7 +197,7 @@ def test_partial_dir_of_another_kind_is_left_alone(folder, tmp_path):
 def test_rrc_boxes_inside_the_image():
     gen = torch.Generator().manual_seed(0)
     H, W = 32, 24
-    top, left, h, w = imagenet.rrc_boxes(4000, H, W, 0.08, gen).unbind(1)
+    top, left, h, w = images.rrc_boxes(4000, H, W, 0.08, gen).unbind(1)
     assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
     assert (top + h <= H).all() and (left + w <= W).all()
     fitted = (h != H) | (w != W)  # the rest: the whole-image fallback
@@ -213,30 +212,30 @@ def test_crops_and_flips():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     full = torch.tensor([[0, 0, 8, 8]] * 2)
     no, yes = torch.tensor([False, False]), torch.tensor([True, True])
-    torch.testing.assert_close(imagenet.resized_crops(x, full, no, 8), x)  # the whole image at its size: identity
-    torch.testing.assert_close(imagenet.resized_crops(x, full, yes, 8), x.flip(-1))
+    torch.testing.assert_close(images.resized_crops(x, full, no, 8), x)  # the whole image at its size: identity
+    torch.testing.assert_close(images.resized_crops(x, full, yes, 8), x.flip(-1))
     box = torch.tensor([[1, 2, 4, 4], [3, 0, 4, 4]])  # same size as the output: an exact crop
-    out = imagenet.resized_crops(x, box, torch.tensor([False, True]), 4)
+    out = images.resized_crops(x, box, torch.tensor([False, True]), 4)
     torch.testing.assert_close(out[0], x[0, :, 1:5, 2:6])
     torch.testing.assert_close(out[1], x[1, :, 3:7, 0:4].flip(-1))
-    half = imagenet.resized_crops(x, full, no, 4)  # downscaled by 2: each output pixel averages a 2x2 block
+    half = images.resized_crops(x, full, no, 4)  # downscaled by 2: each output pixel averages a 2x2 block
     torch.testing.assert_close(half, torch.nn.functional.avg_pool2d(x, 2))
     # padded crops: shift = padding is the image itself
     xi = x.to(torch.uint8)
     shifts = torch.tensor([[2, 2], [0, 4]])
-    out = D.padded_crops(xi, shifts, torch.tensor([False, True]), 8, 2)
+    out = images.padded_crops(xi, shifts, torch.tensor([False, True]), 8, 2)
     assert torch.equal(out[0], xi[0])
     # rows -2..5, columns 2..9 of the image (8, 9 and -2, -1 are padding), mirrored
     assert torch.equal(out[1, :, 2:, 2:], xi[1, :, :6, 2:].flip(-1))
     assert (out[1, :, :2] == 0).all() and (out[1, :, :, :2] == 0).all()
-    assert torch.equal(D.center_crop(x, 4), x[..., 2:6, 2:6])
+    assert torch.equal(images.center_crop(x, 4), x[..., 2:6, 2:6])
 
 
 @pytest.mark.parametrize('cut', [False, True])
 def test_mix_targets_sum_to_one(cut):
     torch.manual_seed(0)
     x, y = torch.rand(4, 3, 10, 10), torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3]), 5).float()
-    xm, ym = imagenet.mix(x, y, 0.7, cut, (0.3, 0.6))
+    xm, ym = images.mix(x, y, 0.7, cut, (0.3, 0.6))
     torch.testing.assert_close(ym.sum(1), torch.ones(4))
     lam = ym[0, 0].item()  # image 0 mixed with image 3
     assert ym[0, 3].item() == pytest.approx(1 - lam) and 0 < lam < 1
@@ -251,7 +250,7 @@ def test_mix_targets_sum_to_one(cut):
 
 def image_data(prepared, **kw):
     meta = D.load_meta(prepared)
-    return D.ImageData(str(prepared), meta, 'cpu', **{'batch_size': 4, **kw})
+    return images.ImageData(str(prepared), meta, 'cpu', **{'batch_size': 4, **kw})
 
 
 def test_augment_off_is_the_eval_view(prepared):
@@ -296,7 +295,7 @@ def test_three_augment_applies_one_op_per_image():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (6, 3, 224, 224), generator=g).float()
     choice, sigma = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0.01, 0.01, 0.1, 0.01, 0.01, 2.0]) / 224  # image widths
-    out = imagenet.three_augment(x, choice, sigma)
+    out = images.three_augment(x, choice, sigma)
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 255
     luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
     for i in (0, 3):  # grayscale: every channel the luma
@@ -306,28 +305,28 @@ def test_three_augment_applies_one_op_per_image():
     torch.testing.assert_close(out[2], x[2], rtol=0, atol=1e-3)  # sigma 0.1 px: all but the identity
     assert out[5].std() < 0.5 * x[5].std()  # sigma 2 px at 224 px smooths noise
     torch.testing.assert_close(out[5].mean(), x[5].mean(), rtol=0.02, atol=0)  # and keeps the brightness
-    small = imagenet.three_augment(x[5:, :, ::7, ::7], choice[5:], sigma[5:])  # the same blur at 32 px: 2/7 px
-    torch.testing.assert_close(small, imagenet.gaussian_blur(x[5:, :, ::7, ::7], torch.tensor([2 / 7])))
+    small = images.three_augment(x[5:, :, ::7, ::7], choice[5:], sigma[5:])  # the same blur at 32 px: 2/7 px
+    torch.testing.assert_close(small, images.gaussian_blur(x[5:, :, ::7, ::7], torch.tensor([2 / 7])))
     one = torch.rand(2, 1, 8, 8) * 255  # one channel: grayscale is the identity
-    torch.testing.assert_close(imagenet.three_augment(one, torch.tensor([0, 0]), torch.ones(2)), one)
+    torch.testing.assert_close(images.three_augment(one, torch.tensor([0, 0]), torch.ones(2)), one)
 
 
 def test_color_jitter_scales_brightness_contrast_saturation():
     x = torch.rand(4, 3, 8, 8) * 200 + 20
-    torch.testing.assert_close(imagenet.color_jitter(x, torch.ones(4, 3)), x)
-    bright = imagenet.color_jitter(x, torch.tensor([[1.2, 1, 1]] * 4))
+    torch.testing.assert_close(images.color_jitter(x, torch.ones(4, 3)), x)
+    bright = images.color_jitter(x, torch.tensor([[1.2, 1, 1]] * 4))
     torch.testing.assert_close(bright, (1.2 * x).clamp(0, 255))
-    flat = imagenet.color_jitter(x, torch.tensor([[1, 0, 1]] * 4))  # contrast 0: the mean gray everywhere
+    flat = images.color_jitter(x, torch.tensor([[1, 0, 1]] * 4))  # contrast 0: the mean gray everywhere
     assert flat.std(dim=(1, 2, 3)).max() < 1e-3
-    gray = imagenet.color_jitter(x, torch.tensor([[1, 1, 0]] * 4))  # saturation 0: grayscale
+    gray = images.color_jitter(x, torch.tensor([[1, 1, 0]] * 4))  # saturation 0: grayscale
     torch.testing.assert_close(gray[:, 0], gray[:, 2])
-    assert imagenet.color_jitter(x, torch.full((4, 3), 1.3)).max() <= 255
+    assert images.color_jitter(x, torch.full((4, 3), 1.3)).max() <= 255
 
 
 def test_three_augment_and_jitter_are_drawn_per_image():
     """Each image of a micro-batch draws its own 3-Augment op (each about a third of the time in every micro-batch)
     and its own jitter factors, from (1 - j, 1 + j) around 1: darker as often as brighter."""
-    draws = imagenet.draw_recolor_and_erasing((4, 600), 16, True, 0.3, 0.0, torch.Generator().manual_seed(0))
+    draws = images.draw_recolor_and_erasing((4, 600), 16, True, 0.3, 0.0, torch.Generator().manual_seed(0))
     choice, sigma = draws['three']
     assert choice.shape == sigma.shape == (4, 600)
     for row in choice:
@@ -342,14 +341,14 @@ def test_color_jitter_applies_brightness_then_contrast_then_saturation():
     """The order shows where a step clips at 255: each step as its definition, in that order."""
     x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 255
     f = torch.tensor([1.8, 0.5, 1.6]).expand(5, 3)
-    out = imagenet.color_jitter(x, f)
+    out = images.color_jitter(x, f)
     luma = lambda t: (0.299 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2])[:, None]
     y = (1.8 * x).clamp(0, 255)
     mean = luma(y).mean((1, 2, 3), keepdim=True)
     y = (mean + (y - mean) * 0.5).clamp(0, 255)
     y = (luma(y) + (y - luma(y)) * 1.6).clamp(0, 255)
     torch.testing.assert_close(out, y)
-    brightness_last = (imagenet.color_jitter(x, torch.tensor([1.0, 0.5, 1.6]).expand(5, 3)) * 1.8).clamp(0, 255)
+    brightness_last = (images.color_jitter(x, torch.tensor([1.0, 0.5, 1.6]).expand(5, 3)) * 1.8).clamp(0, 255)
     assert (out - brightness_last).abs().max() > 10  # the test can tell the orders apart
 
 
@@ -357,7 +356,7 @@ def test_color_jitter_applies_brightness_then_contrast_then_saturation():
 def test_mix_strengths_are_betas_of_their_own_op(mixup, cutmix):
     """lam ~ Beta(a, a), symmetric about 1/2, with a the strength of the op the micro-batch drew: mixup's for
     mixup, CutMix's for CutMix (with both on, each half the time)."""
-    mixes = imagenet.draw_mixes(4000, mixup, cutmix, torch.Generator().manual_seed(0))
+    mixes = images.draw_mixes(4000, mixup, cutmix, torch.Generator().manual_seed(0))
     for cut, alpha in ((False, mixup), (True, cutmix)):
         lam = np.array([m[0] for m in mixes if m[1] == cut])
         if alpha == 0:
@@ -409,7 +408,7 @@ def test_an_image_iteration_copies_to_the_device_without_blocking(prepared):
 
 def test_random_erasing_fills_boxes_with_noise_at_its_rate():
     g = torch.Generator().manual_seed(0)
-    erase, boxes, seeds = imagenet.draw_erasing(1, 4000, 16, 16, 0.25, g)
+    erase, boxes, seeds = images.draw_erasing(1, 4000, 16, 16, 0.25, g)
     assert erase.shape == (1, 4000) and boxes.shape == (1, 4000, 4) and len(seeds) == 1 and isinstance(seeds[0], int)
     assert erase.float().mean().item() == pytest.approx(0.25, abs=0.02)
     top, left, h, w = boxes[0][erase[0]].unbind(1)
@@ -417,7 +416,7 @@ def test_random_erasing_fills_boxes_with_noise_at_its_rate():
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= 16).all() and (left + w <= 16).all()
     assert area.min() >= 0.02 * 0.5 and area.max() <= 1 / 3 * 1.1  # 2-33% of the image, up to rounding
     x = torch.zeros(4000, 3, 16, 16)
-    out = imagenet.random_erasing(x, erase[0], boxes[0], seeds[0])
+    out = images.random_erasing(x, erase[0], boxes[0], seeds[0])
     changed = out != 0
     assert not changed[~erase[0]].any()  # images not erased are untouched
     for i in torch.nonzero(erase[0])[:50, 0]:
@@ -426,7 +425,7 @@ def test_random_erasing_fills_boxes_with_noise_at_its_rate():
     noise = out[erase[0]]
     noise = noise[noise != 0]
     assert abs(noise.mean()) < 0.05 and noise.std().item() == pytest.approx(1, abs=0.05)  # N(0, 1), as normalized pixels
-    torch.testing.assert_close(imagenet.random_erasing(x, erase[0], boxes[0], seeds[0]), out)  # its seed fixes the noise
+    torch.testing.assert_close(images.random_erasing(x, erase[0], boxes[0], seeds[0]), out)  # its seed fixes the noise
 
 
 def test_augmentations_off_draw_nothing_and_change_nothing(prepared):
@@ -442,7 +441,7 @@ def test_augmentations_off_draw_nothing_and_change_nothing(prepared):
     assert torch.equal(g.get_state(), replay.get_state())
     x_all = torch.from_numpy(D.load_images(prepared, 'train')[0]).permute(0, 3, 1, 2)
     for (xb, _), i, s, f in zip(batches, ix, shifts, flips):
-        torch.testing.assert_close(xb, plain.normalize(D.padded_crops(x_all[i], s, f, 12, 4)))
+        torch.testing.assert_close(xb, plain.normalize(images.padded_crops(x_all[i], s, f, 12, 4)))
     for key, value in (('three_augment', True), ('color_jitter', 0.3), ('random_erasing', 0.9)):
         g_on = torch.Generator().manual_seed(3)
         on = image_data(prepared, image_size=12, **{key: value}).get_batches('train', 2, slice(None), g_on)
@@ -487,7 +486,7 @@ def test_bench_times_the_loader(prepared):
     r = subprocess.run([sys.executable, 'bench.py', f'--loader={prepared}', '--image_size=12', "--crop='rrc'", '--mixup=0.8',
                         '--three_augment=True', '--color_jitter=0.3', '--random_erasing=0.25',
                         '--batch_size=4', '--gradient_accumulation_steps=2', '--warmup=1', '--iters=2', '--device=cpu'],
-                       cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True, text=True, timeout=120,
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
                        env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f'loader: {prepared}, 21 images of 16x16x3 -> 12 px, 2 x 4 images an iteration')

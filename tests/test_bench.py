@@ -10,7 +10,7 @@ import pytest
 import model as M
 from configurator import defaults_of
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, batch_size=2)
 FAST = ['--warmup=1', '--iters=3', '--compile=False', '--device=cpu', '--dtype=float32']
 
@@ -20,7 +20,7 @@ def bench(*args, **overrides):
     shared and the tensors tiny."""
     tiny = [f'--{k}={v}' for k, v in TINY.items()]
     result = subprocess.run([sys.executable, 'bench.py', *args, *tiny, *FAST, *(f'--{k}={v}' for k, v in overrides.items())],
-                            cwd=HERE, capture_output=True, text=True, timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+                            cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -94,7 +94,7 @@ def test_bench_gpu_sh_runs_through_with_the_cpu_standing_in():
     """bench_gpu.sh's five runs end to end, on the CPU at tiny sizes: each takes its config and variants, and gets
     to its last line."""
     tiny = [f'--{k}={v}' for k, v in TINY.items()] + ['--warmup=1', '--iters=2', '--gradient_accumulation_steps=1']
-    r = subprocess.run(['bash', 'bench_gpu.sh'], cwd=HERE, capture_output=True, text=True, timeout=600,
+    r = subprocess.run(['bash', 'bench_gpu.sh'], cwd=REPO, capture_output=True, text=True, timeout=600,
                        env={**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHON': sys.executable, 'NVIDIA_SMI': 'echo',
                             'BENCH_DEVICE_ARGS': '--device=cpu:0 --dtype=float32 --compile=False', 'BENCH_ARGS': ' '.join(tiny)})
     assert r.returncode == 0, r.stderr

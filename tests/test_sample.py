@@ -15,7 +15,7 @@ from model import GPT, GPTConfig, ViT, ViTConfig
 
 TORCH_LOAD = torch.load
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONIOENCODING': 'utf-8'}  # tiny tensors; shared CPUs
 SEP = '\n---------------\n'
 TEXT = ("the quick brown fox jumps over the lazy dog.\n"  # lower case, no '-': the separator can't be sampled
@@ -27,7 +27,7 @@ TRAIN = ['--device=cpu', '--dtype=float32', '--compile=False', '--n_layer=1', '-
 
 
 def run(script, *args):
-    return subprocess.run([sys.executable, os.path.join(HERE, script), *args], cwd=HERE, env=ENV,
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=REPO, env=ENV,
                           capture_output=True, text=True, encoding='utf-8', timeout=120)
 
 

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 import data as D
 import devices
+import images
 from optim import SGDW
 from test_bench import bench, table
 from test_data import folder, prepared  # noqa: F401 (fixtures)
@@ -57,8 +58,8 @@ def test_fused_optimizers_skip_the_inf_step_of_a_float16_gradscaler(name):
 
 def test_streamed_batches_are_pinned_and_equal_the_in_memory_ones(prepared):
     cfg = dict(image_size=12, crop='rrc', mixup=0.8)
-    memory = D.ImageData(str(prepared), D.load_meta(prepared), 'cuda', 4, **cfg)
-    stream = D.ImageData(str(prepared), D.load_meta(prepared), 'cuda', 4, stream=True, data_workers=2, **cfg)
+    memory = images.ImageData(str(prepared), D.load_meta(prepared), 'cuda', 4, **cfg)
+    stream = images.ImageData(str(prepared), D.load_meta(prepared), 'cuda', 4, stream=True, data_workers=2, **cfg)
     assert stream.stream.pin
     wait = stream.read('train', torch.arange(4))
     assert wait().is_cuda

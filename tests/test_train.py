@@ -2,7 +2,7 @@
 
 Every dataset is written here into tmp dirs by prepare_data.py's CLI (--input), so the real
 loading code runs too. Runs are shared between tests through module-scoped fixtures.
-Run: python -m pytest -q test_train.py --durations=10
+Run: python -m pytest -q tests/test_train.py --durations=10
 """
 import json
 import math
@@ -21,7 +21,7 @@ import torch
 from checkpoint import model_weights
 from configurator import ConfigError, configure, overrides_from
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}  # tiny tensors, shared CPUs
 TEXT = "the quick brown fox jumps over the lazy dog.\n" * 200  # repetitive: learnable in a few steps
 # a 1-layer DNT-GPT; every run passes --device=cpu --compile=False --dtype=float32

@@ -11,7 +11,7 @@ import torch
 from configurator import configure, defaults_of
 from model import GPT, GPTConfig, ViT, ViTConfig
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # the paper's table ("Results reported"): each row's config stem, model, size and data
 ROWS = {
@@ -51,15 +51,15 @@ def build(config, model):
         return Model(ModelConfig(**{k: v for k, v in config.items() if k in ModelConfig.__dataclass_fields__}, **data))
 
 
-@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(HERE, 'config', '*.py'))), ids=os.path.basename)
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(REPO, 'config', '*.py'))), ids=os.path.basename)
 def test_every_config_loads(path):
     assert load(path)['out_dir'].startswith('out/')
 
 
 def test_every_cell_has_its_config_and_its_own_out_dir():
-    files = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(HERE, 'config', '*.py'))}
+    files = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, 'config', '*.py'))}
     assert set(PAPER) <= files, f"cells without a config: {sorted(set(PAPER) - files)}"
-    out_dirs = [load(f'{HERE}/config/{name}.py')['out_dir'] for name in PAPER]
+    out_dirs = [load(f'{REPO}/config/{name}.py')['out_dir'] for name in PAPER]
     assert len(set(out_dirs)) == len(PAPER) == 20
 
 
@@ -67,7 +67,7 @@ def test_every_cell_has_its_config_and_its_own_out_dir():
 def test_cell(name):
     row, preset, optimizer = PAPER[name]
     model, size, dataset = ROWS[row]
-    config = load(f'{HERE}/config/{name}.py')
+    config = load(f'{REPO}/config/{name}.py')
     assert (config['preset'], config['optimizer'], config['dataset']) == (preset, optimizer, dataset)
     assert config['learning_rate'] == LR[model, optimizer]
     built = build(config, model)
@@ -88,7 +88,7 @@ def test_cell(name):
 @pytest.mark.parametrize('row', ROWS)
 def test_a_rows_cells_differ_in_preset_and_optimizer_only(row):
     """The same data, model size, schedule and recipe in all four: a preset and an optimizer (with its keys) apart."""
-    configs = {cell: load(f'{HERE}/config/{config_name(row, *cell)}.py') for cell in CELLS}
+    configs = {cell: load(f'{REPO}/config/{config_name(row, *cell)}.py') for cell in CELLS}
     for (a, b) in itertools.combinations(CELLS, 2):
         differ = {k for k in configs[a] if configs[a][k] != configs[b][k]} - {'out_dir', 'wandb_run_name'}
         allowed = ({'preset'} if a[0] != b[0] else set()) | (OPTIMIZER_KEYS if a[1] != b[1] else set())

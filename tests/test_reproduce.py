@@ -15,7 +15,7 @@ import torch
 import reproduce
 from reproduce import STUDY_WARMUP, WARMUP, WARMUPS
 
-REPO = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_MUON = "reproduce.py's cells include Muon: torch 2.9 or newer" if not hasattr(torch.optim, 'Muon') else ''
 
 

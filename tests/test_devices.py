@@ -18,7 +18,7 @@ import sample
 from configurator import ConfigError, defaults_of
 from model import GPT, GPTConfig
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 def test_sample_and_bench_take_mps(mps, tmp_path):
     with pytest.raises(SystemExit, match='no checkpoint'):  # past the device check, stopped at the missing checkpoint
         sample.main([f'--out_dir={tmp_path}', '--device=mps:0'])
-    r = subprocess.run([sys.executable, '-c', FAKE_MPS, 'bench.py', '--device=mps', f'--loader={tmp_path}'], cwd=HERE,
+    r = subprocess.run([sys.executable, '-c', FAKE_MPS, 'bench.py', '--device=mps', f'--loader={tmp_path}'], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and 'no dataset in' in r.stderr and 'device' not in r.stderr, r.stderr
 
@@ -143,7 +143,7 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 
 
 def fake_cuda_run(script, *args):
-    r = subprocess.run([sys.executable, '-c', FAKE_CUDA, script, *args], cwd=HERE, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, '-c', FAKE_CUDA, script, *args], cwd=REPO, capture_output=True, text=True,
                        timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert r.returncode == 0, r.stderr
     return r.stdout
@@ -152,7 +152,7 @@ def fake_cuda_run(script, *args):
 def test_train_on_cpu_runs_in_float32_where_cuda_is(tmp_path):
     (tmp_path / 'input.txt').write_text("to be or not to be, that is the question.\n" * 20)
     subprocess.run([sys.executable, 'prepare_data.py', 'shakespeare_char', '--input', str(tmp_path / 'input.txt'),
-                    '--out_dir', str(tmp_path / 'data')], cwd=HERE, check=True, capture_output=True)
+                    '--out_dir', str(tmp_path / 'data')], cwd=REPO, check=True, capture_output=True)
     fake_cuda_run('train.py', '--device=cpu', '--compile=False', f'--data_dir={tmp_path / "data"}',
                   f'--out_dir={tmp_path / "out"}', '--n_layer=1', '--n_head=1', '--n_embd=16', '--block_size=8',
                   '--batch_size=2', '--gradient_accumulation_steps=1', '--max_iters=1', '--eval_iters=1')
