@@ -11,6 +11,7 @@ import argparse
 import ast
 import difflib
 import os
+import signal
 import sys
 import time
 import types
@@ -27,22 +28,26 @@ class DataError(Exception):
 
 def report_errors(script):
     """From here on, an uncaught ConfigError or DataError ends the script with its message as one line on
-    stderr and exit status 1, and so does a Ctrl-C that comes before the script takes SIGINT itself; any other
-    exception keeps its traceback."""
+    stderr and exit status 1; any other exception keeps its traceback. So does a Ctrl-C until the script takes
+    SIGINT itself: it exits at once, where a KeyboardInterrupt could be swallowed by an import under way."""
 
-    def hook(exc_type, exc, tb):
-        if not issubclass(exc_type, (ConfigError, DataError, KeyboardInterrupt)):
-            return sys.__excepthook__(exc_type, exc, tb)
+    def say(message):
         if os.environ.get('RANK', '0') == '0':  # under torchrun, every process refuses the same input: say it once
-            message = 'interrupted (Ctrl-C) before training began' if exc_type is KeyboardInterrupt else str(exc)
             print(f"{script}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
         else:  # torchrun stops every process once one exits: the others wait, so that rank 0 has said it
             time.sleep(2)
-        if exc_type is KeyboardInterrupt:  # which would otherwise end the process by SIGINT, not with status 1
-            sys.stdout.flush()
-            os._exit(1)
+
+    def hook(exc_type, exc, tb):
+        if not issubclass(exc_type, (ConfigError, DataError)):
+            return sys.__excepthook__(exc_type, exc, tb)
+        say(str(exc))
+
+    def interrupted(signum, frame):
+        say('interrupted (Ctrl-C) before training began')
+        os._exit(1)
 
     sys.excepthook = hook
+    signal.signal(signal.SIGINT, interrupted)
 
 
 def boolean(s):
@@ -64,9 +69,10 @@ def defaults_of(script):
     """A script's default config, without running it: its code up to `config_keys = ...`, run in a fresh namespace."""
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), script)) as f:
         source = f.read()
-    namespace, hook = {}, sys.excepthook
+    namespace, hook, sigint = {}, sys.excepthook, signal.getsignal(signal.SIGINT)
     exec(compile(source[:source.index('\nconfig_keys = ')], script, 'exec'), namespace)
     sys.excepthook = hook  # the script's report_errors is for the script
+    signal.signal(signal.SIGINT, sigint)
     return {k: v for k, v in namespace.items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))}
 
 

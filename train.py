@@ -260,6 +260,7 @@ for key, (old, new) in overrides.items():
 log(f"{Model.__name__} with {raw_model.get_num_params() / 1e6:.2f}M parameters; {world_size} process(es), "
     f"{accum_steps} micro-steps of {batch_size} each, {data.samples_per_micro_step * accum_steps * world_size:,} "
     f"{data.unit} per iteration")
+stop_requested = checkpoint.StopOnSignals(ddp)  # SIGTERM or SIGINT: finish the step, save, exit 0
 if master_process and not eval_only:
     claim(os.path.join(out_dir, 'run.lock'), out_dir)  # the run owns out_dir: a second train.py is refused
     checkpoint.start_run_dir(out_dir, config, stored_run)
@@ -270,7 +271,6 @@ if master_process and not eval_only:
         changed = {k: dict(checkpoint=old, now=new) for k, (old, new) in overrides.items()}
         write_log(dict(iter=iter_num, resume=changed))
 stored_run = None  # free the memory
-stop_requested = checkpoint.StopOnSignals(ddp)  # SIGTERM or SIGINT: finish the step, save, exit 0
 
 # ----------------------------------------------------------------------------------------
 # training loop
