@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from configurator import ConfigError
+from datachecks import claim
 from devices import rng_state, set_rng_state
 from model import GPT, PRESETS
 
@@ -138,7 +139,9 @@ def restore(checkpoint, path, model, model_args, optimizer, scaler, data_gen, co
 
 
 def restore_ema(checkpoint, path, ema, model, log):
-    """The EMA of the weights of a resumed run: the checkpoint's, or the weights where it has none."""
+    """The EMA of the weights (if any) of a resumed run (if one): the checkpoint's, or the weights where it has none."""
+    if ema is None or checkpoint is None:
+        return
     if not checkpoint.get('ema'):
         ema.update_parameters(model)  # its first update copies the weights
         log(f"resume: {path} holds no EMA of the weights; it starts from the weights at iter {checkpoint['iter_num']}")
@@ -152,9 +155,10 @@ def restore_ema(checkpoint, path, ema, model, log):
 
 
 def start_run_dir(out_dir, config, checkpoint):
-    """Write config.json (out_dir is the run's: train.py holds its run.lock); a fresh run starts a fresh
-    log.jsonl (and with overwrite=True, without the old checkpoint); a resumed one cuts what a killed run logged
-    after its checkpoint, to be logged again, and a line cut midway."""
+    """Own out_dir for the run's lifetime (run.lock: a second train.py there is refused) and write config.json;
+    a fresh run starts a fresh log.jsonl (and with overwrite=True, without the old checkpoint); a resumed one cuts
+    what a killed run logged after its checkpoint, to be logged again, and a line cut midway."""
+    claim(os.path.join(out_dir, 'run.lock'), out_dir)
     write_atomically(os.path.join(out_dir, 'config.json'), json.dumps(config, indent=1))
     log_path = os.path.join(out_dir, 'log.jsonl')
     if checkpoint is None:

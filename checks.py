@@ -91,6 +91,7 @@ def resolve(defaults, argv):
     if stored_run is not None and stored_run['iter_num'] > config['max_iters']:
         raise ConfigError(f"{ckpt_path} is at iter {stored_run['iter_num']}, past max_iters ({config['max_iters']}); "
                           "raise max_iters to train on")
+    notes += [f"resume: {k} = {new!r} (the checkpoint's run had {old!r})" for k, (old, new) in overrides.items()]
     return config, stored_run, overrides, notes
 
 

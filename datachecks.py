@@ -155,3 +155,17 @@ def claim(lock_path, what):
         pass
     _claimed.append(fd)
     return fd
+
+
+def check_fits(cfg, meta, data_dir, kind):
+    """The dataset in data_dir is one a model of config cfg can read (sample.py): its kind, and for images its
+    channels, classes and size."""
+    if meta['kind'] != kind:
+        raise DataError(f"{data_dir} holds {meta['kind']} data, and the checkpoint a model of {kind}: give the "
+                        "--data_dir it was trained on")
+    if kind == 'image':
+        H, W, C = meta['shape']
+        if (C, meta['num_classes']) != (cfg.in_chans, cfg.num_classes) or H < cfg.image_size:
+            raise DataError(f"{data_dir} holds {H}x{W} images of {C} channel(s) in {meta['num_classes']} classes, and the "
+                            f"model reads {cfg.image_size}x{cfg.image_size} of {cfg.in_chans} in {cfg.num_classes}: give "
+                            "the --data_dir it was trained on")

@@ -15,7 +15,7 @@ import checkpoint
 from checks import check_sample_args, prompt_ids
 from configurator import ConfigError, DataError, OneLineParser, boolean
 from data import GPT2_BPE, eval_sums, get_tokenizer, load_meta
-from datachecks import check_meta
+from datachecks import check_fits, check_meta
 from devices import autocast, default_device
 from images import ImageData
 from model import GPT, GPT2_MODELS, GPTConfig, ViT, ViTConfig
@@ -93,7 +93,7 @@ def sample(args):
             meta = load_meta(data_dir, log=lambda line: print(line, file=sys.stderr))  # stdout holds the samples
         except DataError as e:
             raise DataError(f"{e} (or point --data_dir at a copy of the dataset)") from None
-        check_fits(model, meta, data_dir, 'text' if is_text else 'image')
+        check_fits(model.config, meta, data_dir, 'text' if is_text else 'image')
     if args.compile:
         model.compile()  # in place: generate() calls the module, so it runs compiled too
 
@@ -117,19 +117,6 @@ def sample(args):
             y = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None)
             print(decode(y[0].tolist()))
             print('---------------')
-
-
-def check_fits(model, meta, data_dir, kind):
-    """The dataset in data_dir is one the model can read: its kind, and for images its channels, classes and size."""
-    if meta['kind'] != kind:
-        raise DataError(f"{data_dir} holds {meta['kind']} data, and the checkpoint a model of {kind}: give the "
-                        "--data_dir it was trained on")
-    if kind == 'image':
-        (H, W, C), cfg = meta['shape'], model.config
-        if (C, meta['num_classes']) != (cfg.in_chans, cfg.num_classes) or H < cfg.image_size:
-            raise DataError(f"{data_dir} holds {H}x{W} images of {C} channel(s) in {meta['num_classes']} classes, and the "
-                            f"model reads {cfg.image_size}x{cfg.image_size} of {cfg.in_chans} in {cfg.num_classes}: give "
-                            "the --data_dir it was trained on")
 
 
 if __name__ == '__main__':

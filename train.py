@@ -24,7 +24,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint
 import checks
 from data import TextData, eval_sums, load_meta
-from datachecks import claim
 from devices import autocast, default_device, set_current
 from diagnostics import grad_stats
 from images import ImageData
@@ -186,8 +185,7 @@ if compile:
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 ema = EMA(raw_model, ema_decay) if ema_decay else None  # a copy of the weights, the same on every process now
-if ema is not None and stored_run is not None:
-    checkpoint.restore_ema(stored_run, ckpt_path, ema, raw_model, log)
+checkpoint.restore_ema(stored_run, ckpt_path, ema, raw_model, log)
 
 
 def all_reduce_sum(t):
@@ -255,14 +253,11 @@ def write_log(record):
 log(json.dumps(config, indent=1))
 for note in notes:
     log(note)
-for key, (old, new) in overrides.items():
-    log(f"resume: {key} = {new!r} (the checkpoint's run had {old!r})")
 log(f"{Model.__name__} with {raw_model.get_num_params() / 1e6:.2f}M parameters; {world_size} process(es), "
     f"{accum_steps} micro-steps of {batch_size} each, {data.samples_per_micro_step * accum_steps * world_size:,} "
     f"{data.unit} per iteration")
 stop_requested = checkpoint.StopOnSignals(ddp)  # SIGTERM or SIGINT: finish the step, save, exit 0
 if master_process and not eval_only:
-    claim(os.path.join(out_dir, 'run.lock'), out_dir)  # the run owns out_dir: a second train.py is refused
     checkpoint.start_run_dir(out_dir, config, stored_run)
     if wandb_log:
         import wandb
