@@ -2,8 +2,8 @@
 Speed, memory and MFU of one training step (forward, backward, optimizer step) on random data,
 for one config or two side by side: DNT vs the standard model, mSGDW vs AdamW, compiled or not.
 $ python bench.py config/dnt_gpt2.py
-$ python bench.py config/dnt_gpt2.py --compare="optimizer=adamw,msgdw"
-$ python bench.py config/gpt2.py --compare="preset=standard,dnt;optimizer=adamw,msgdw"
+$ python bench.py config/dnt_gpt2.py --compare="opt=adamw,msgdw"
+$ python bench.py config/gpt2.py --compare="preset=standard,dnt;opt=adamw,msgdw"
 $ python bench.py --model=vit --profile=True --trace=trace.json
 $ python bench.py config/dnt_vit_large_imagenet.py --loader=data/imagenet --device=cpu
 A step is one micro-batch: gradient_accumulation_steps is ignored. A training iteration of
@@ -152,7 +152,7 @@ class Variant:
         try:
             field_names = {f.name for f in fields(ModelConfig)}
             self.raw_model = Model(ModelConfig(**{k: v for k, v in cfg.items() if k in field_names})).to(self.device)
-            self.opt = self.raw_model.configure_optimizers(cfg['optimizer'], cfg['learning_rate'], cfg['weight_decay'],
+            self.opt = self.raw_model.configure_optimizers(cfg['opt'], cfg['learning_rate'], cfg['weight_decay'],
                                                            (cfg['beta1'], cfg['beta2']), cfg['momentum'], cfg['nesterov'], device_type)
         except ValueError as e:
             sys.exit(f"bench.py: {e}")
@@ -216,7 +216,7 @@ variants = []
 for name, setting, cfg in zip(names, settings, configs):
     v = Variant(cfg)
     print(f"{name}{' (' + ' '.join(setting) + ')' if setting else ''}: {cfg['model']} preset={cfg['preset']} "
-          f"optimizer={cfg['optimizer']} {cfg['n_layer']}x{cfg['n_embd']}, {v.samples} {v.unit} per step, "
+          f"opt={cfg['opt']} {cfg['n_layer']}x{cfg['n_embd']}, {v.samples} {v.unit} per step, "
           f"{cfg['dtype']} on {cfg['device']}, compile={cfg['compile']}", flush=True)
     v.warm_up()
     variants.append(v)

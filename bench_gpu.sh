@@ -16,7 +16,7 @@ for config in config/gpt2.py config/dnt_gpt2.py config/dnt_gpt2_adamw.py; do
     $PYTHON bench.py "$config" $BENCH_DEVICE_ARGS $BENCH_ARGS
 done
 # side by side, interleaved: the optimizer step alone (mSGDW's not above AdamW's?), then the paper's two cells
-echo "== config/dnt_gpt2.py, optimizer=adamw,msgdw"
-$PYTHON bench.py config/dnt_gpt2.py $BENCH_DEVICE_ARGS $BENCH_ARGS --compare="optimizer=adamw,msgdw"
+echo "== config/dnt_gpt2.py, opt=adamw,msgdw"
+$PYTHON bench.py config/dnt_gpt2.py $BENCH_DEVICE_ARGS $BENCH_ARGS --compare="opt=adamw,msgdw"
 echo "== standard + AdamW vs DNT + mSGDW"
-$PYTHON bench.py config/gpt2.py $BENCH_DEVICE_ARGS $BENCH_ARGS --compare="preset=standard,dnt;optimizer=adamw,msgdw"
+$PYTHON bench.py config/gpt2.py $BENCH_DEVICE_ARGS $BENCH_ARGS --compare="preset=standard,dnt;opt=adamw,msgdw"

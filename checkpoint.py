@@ -1,9 +1,10 @@
 """
-A run's files in out_dir, for train.py (and sample.py's loading): ckpt.pt saved atomically and
-loaded with weights_only (a file can't run code), exact resume (weights, optimizer, GradScaler,
-the data generator and every process's RNG, the log cut back to the checkpoint), GPT-2's weights
-to fine-tune, and a stop on SIGTERM / SIGINT that lets the step finish and save.
-Each refusal is a ConfigError, which train.py reports in one line.
+A run's state and files, for train.py (and sample.py's loading). Run is train.py's one handle on them:
+exact resume (weights, optimizer, GradScaler, EMA, the data generator and every process's RNG, the log
+cut back to the checkpoint), out_dir owned while the run lasts, log.jsonl, and a stop on SIGTERM / SIGINT
+that lets the step finish and save. ckpt.pt is saved atomically and loaded with weights_only (a file
+can't run code). GPT-2's weights to fine-tune. Each refusal is a ConfigError, which train.py reports in
+one line.
 """
 import json
 import math
@@ -11,6 +12,8 @@ import os
 import pickle
 import shutil
 import signal
+import sys
+from dataclasses import asdict
 
 import torch
 import torch.distributed as dist
@@ -85,31 +88,77 @@ def rng_states(data_state, device, world_size):
     return rng
 
 # ----------------------------------------------------------------------------------------
-# resume
+# the run: its state beside the model's and the optimizer's, and its files
 
 
-def restore(checkpoint, path, model, model_args, optimizer, scaler, data_gen, config, rank, world_size, log):
-    """Load a checkpoint into the model, optimizer, GradScaler and generators of a resumed run;
-    returns (iter_num, best_val_loss, evaluated)."""
-    # the resolved switches are compared, not the preset's name; dropout and drop_path may change between runs
-    changed = {k: (v, model_args.get(k)) for k, v in checkpoint['model_args'].items()
-               if model_args.get(k) != v and k not in ('preset', 'dropout', 'drop_path')}
-    if changed:
-        raise ConfigError(f"{path} holds a different model: "
-                          + ', '.join(f"{k}={a!r} there, {b!r} asked" for k, (a, b) in changed.items())
-                          + "; use the checkpoint's settings or another --out_dir")
-    try:
-        model.load_state_dict(checkpoint['model'])
-    except RuntimeError as e:
-        detail = ' '.join(str(e).split())[:300]  # the missing, unexpected or misshapen keys
-        raise ConfigError(f"{path}: its weights do not fit its model_args ({detail})") from None
-    name, stored = config['optimizer'], checkpoint['config'].get('optimizer')
-    if config['reset_optimizer']:
-        log(f"resume: a fresh {name} optimizer state (reset_optimizer=True)")
-    elif name != stored:
-        raise ConfigError(f"{path} was trained with optimizer={stored!r}, and its state does not fit {name!r}; "
-                          f"resume with --optimizer={stored}, or add --reset_optimizer=True to start {name} from a fresh state")
-    else:
+def process():
+    """(rank, world_size) of this process: (0, 1) outside DDP."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def say(text):
+    if process()[0] == 0:
+        print(text, flush=True)
+
+
+class Run:
+    """train.py's handle on everything a run keeps besides its model and optimizer: the checkpoint it resumes
+    from, the generator that draws the training batches, every process's RNG, out_dir (owned while the run
+    lasts), log.jsonl and wandb, and a stop asked for by SIGTERM or SIGINT. It saves and restores itself with
+    the model and optimizer, so that a resumed run continues as if never stopped. checks.resolve makes it."""
+
+    def __init__(self, config, stored=None, overrides=None, notes=()):
+        self.config, self.stored = config, stored  # stored: the checkpoint of a resumed run
+        self.overrides, self.notes = overrides or {}, list(notes)  # overrides: {key: (stored, given)}
+        self.ckpt_path = os.path.join(config['out_dir'], 'ckpt.pt')
+        self.log_path = os.path.join(config['out_dir'], 'log.jsonl')
+        self.data_gen = torch.Generator().manual_seed(config['seed'])  # alike on every process: the same stream
+        self.data_state = None  # the generator's state before the batches drawn last
+        self.resumed_at, self.log_bytes, self.wandb, self.stop_requested = None, math.inf, None, None
+
+    def batch_generator(self):
+        """The generator for the next iteration's batches. A checkpoint saved before that iteration trains
+        holds its state now, so that a resume draws the same batches."""
+        self.data_state = self.data_gen.get_state()
+        return self.data_gen
+
+    def restore(self, model, optimizer, scaler, ema):
+        """A resumed run's checkpoint into the model, optimizer, GradScaler, EMA and generators (every process
+        loads the same); returns (iter_num, best_val_loss, evaluated: whether the eval of iter_num has run)."""
+        checkpoint, path = self.stored, self.ckpt_path
+        if checkpoint is None:
+            return 0, math.inf, False
+        # the resolved switches are compared, not the preset's name; dropout and drop_path may change between runs
+        model_args = asdict(model.config)
+        changed = {k: (v, model_args.get(k)) for k, v in checkpoint['model_args'].items()
+                   if model_args.get(k) != v and k not in ('preset', 'dropout', 'drop_path')}
+        if changed:
+            raise ConfigError(f"{path} holds a different model: "
+                              + ', '.join(f"{k}={a!r} there, {b!r} asked" for k, (a, b) in changed.items())
+                              + "; use the checkpoint's settings or another --out_dir")
+        fit(model, checkpoint['model'], f"{path}: its weights do not fit its model_args")
+        self.restore_optimizer(optimizer, checkpoint)
+        if checkpoint['scaler']:  # empty from a run without float16
+            scaler.load_state_dict(checkpoint['scaler'])
+        if ema is not None and checkpoint.get('ema'):
+            fit(ema, checkpoint['ema'], f"{path}: its EMA of the weights does not fit its model",
+                "; --ema_decay=0 resumes without it")
+        elif ema is not None:
+            ema.update_parameters(model)  # its first update copies the weights
+            say(f"resume: {path} holds no EMA of the weights; it starts from the weights at iter {checkpoint['iter_num']}")
+        self.restore_rng(checkpoint['rng'])
+        self.resumed_at, self.log_bytes = checkpoint['iter_num'], checkpoint.get('log_bytes', math.inf)
+        self.stored = None  # free the memory
+        return checkpoint['iter_num'], checkpoint['best_val_loss'], checkpoint.get('evaluated', True)
+
+    def restore_optimizer(self, optimizer, checkpoint):
+        name, stored, path = self.config['opt'], checkpoint['config'].get('opt'), self.ckpt_path
+        if self.config['reset_optimizer']:
+            say(f"resume: a fresh {name} optimizer state (reset_optimizer=True)")
+            return
+        if name != stored:
+            raise ConfigError(f"{path} was trained with opt={stored!r}, and its state does not fit {name!r}; "
+                              f"resume with --opt={stored}, or add --reset_optimizer=True to start {name} from a fresh state")
         # this run's hyperparameters, not the checkpoint's: a value given anew (say weight_decay) takes effect.
         # The implementation flags stay the checkpoint's: its state tensors were laid out for them.
         flags = ('params', 'fused', 'foreach', 'capturable', 'differentiable')
@@ -121,54 +170,85 @@ def restore(checkpoint, path, model, model_args, optimizer, scaler, data_gen, co
                               "--reset_optimizer=True starts a fresh one") from None
         for group, h in zip(optimizer.param_groups, hyperparameters):
             group.update(h)
-    if checkpoint['scaler']:  # empty from a run without float16
-        scaler.load_state_dict(checkpoint['scaler'])
-    rng, kind = checkpoint['rng'], torch.device(config['device']).type
-    data_gen.set_state(rng['data'])
-    if rng['world_size'] != world_size:
-        log(f"resume: {rng['world_size']} process(es) saved the RNG states, {world_size} run now: dropout "
-            "continues from fresh seeds")
-    else:
+
+    def restore_rng(self, rng):
+        rank, world_size = process()
+        kind = torch.device(self.config['device']).type
+        self.data_gen.set_state(rng['data'])
+        if rng['world_size'] != world_size:
+            say(f"resume: {rng['world_size']} process(es) saved the RNG states, {world_size} run now: dropout "
+                "continues from fresh seeds")
+            return
         torch.set_rng_state(rng['cpu'][rank])
         if kind != 'cpu' and rng.get(kind):
-            set_rng_state(config['device'], rng[kind][rank])
+            set_rng_state(self.config['device'], rng[kind][rank])
         elif kind != 'cpu':  # a checkpoint of another device: dropout on this one starts from its seed
-            log(f"resume: {path} holds no {kind} RNG state (trained on another device); {kind} dropout "
+            say(f"resume: {self.ckpt_path} holds no {kind} RNG state (trained on another device); {kind} dropout "
                 "continues from a fresh seed")
-    return checkpoint['iter_num'], checkpoint['best_val_loss'], checkpoint.get('evaluated', True)
+
+    def start(self, config):
+        """From here on out_dir is written (never under eval_only): the run owns it (run.lock: a second train.py
+        there is refused) and writes config.json; a new run starts a fresh log.jsonl (overwrite=True: without the
+        old checkpoint), a resumed one cuts what a killed run logged after its checkpoint, and a line cut midway.
+        From here on, SIGTERM or SIGINT asks the loop to stop."""
+        for note in self.notes:
+            say(note)
+        self.stop_requested = StopOnSignals(dist.is_initialized())
+        if process()[0] != 0 or config['eval_only']:
+            return
+        out_dir = config['out_dir']
+        claim(os.path.join(out_dir, 'run.lock'), out_dir)
+        write_atomically(os.path.join(out_dir, 'config.json'), json.dumps(config, indent=1))
+        if self.resumed_at is None:
+            for path in (self.log_path, self.ckpt_path):
+                if os.path.exists(path):
+                    os.remove(path)
+        elif os.path.exists(self.log_path):
+            with open(self.log_path, 'rb') as f:
+                kept = f.read(min(os.path.getsize(self.log_path), self.log_bytes))
+            os.truncate(self.log_path, kept.rfind(b'\n') + 1)  # whole lines only
+        if config['wandb_log']:
+            import wandb
+            self.wandb = wandb
+            wandb.init(project=config['wandb_project'], name=config['wandb_run_name'], config=config)
+        if self.resumed_at is not None:
+            changed = {k: dict(checkpoint=old, now=new) for k, (old, new) in self.overrides.items()}
+            self.write_log(dict(iter=self.resumed_at, resume=changed))
+
+    def save(self, checkpoint):
+        """Save train.py's `checkpoint` with the run's own state: the data generator's and every process's RNG
+        state (every process calls this), and how much of log.jsonl belongs to it."""
+        rank, world_size = process()
+        rng = rng_states(self.data_state, self.config['device'], world_size)
+        if rank == 0:
+            log_bytes = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+            save(self.ckpt_path, dict(checkpoint, rng=rng, log_bytes=log_bytes))
+            print(f"saved checkpoint to {self.ckpt_path}", flush=True)
+
+    def write_log(self, record):
+        """One line of log.jsonl (and of wandb's log), from the first process."""
+        if process()[0] == 0:
+            append_log(self.log_path, record, record['iter'])
+            if self.wandb is not None:
+                self.wandb.log(record, step=record['iter'])
+
+    def end(self):
+        if self.wandb is not None:
+            self.wandb.finish()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+            # DDP keeps the process group's worker threads alive into interpreter shutdown, where one that
+            # releases a collective's tensor aborts the process (pytorch/pytorch#190489); all is saved: skip it
+            sys.stdout.flush()
+            os._exit(0)
 
 
-def restore_ema(checkpoint, path, ema, model, log):
-    """The EMA of the weights (if any) of a resumed run (if one): the checkpoint's, or the weights where it has none."""
-    if ema is None or checkpoint is None:
-        return
-    if not checkpoint.get('ema'):
-        ema.update_parameters(model)  # its first update copies the weights
-        log(f"resume: {path} holds no EMA of the weights; it starts from the weights at iter {checkpoint['iter_num']}")
-        return
+def fit(module, state_dict, what, advice=''):
     try:
-        ema.load_state_dict(checkpoint['ema'])
+        module.load_state_dict(state_dict)
     except RuntimeError as e:
-        detail = ' '.join(str(e).split())[:300]
-        raise ConfigError(f"{path}: its EMA of the weights does not fit its model ({detail}); "
-                          "--ema_decay=0 resumes without it") from None
-
-
-def start_run_dir(out_dir, config, checkpoint):
-    """Own out_dir for the run's lifetime (run.lock: a second train.py there is refused) and write config.json;
-    a fresh run starts a fresh log.jsonl (and with overwrite=True, without the old checkpoint); a resumed one cuts
-    what a killed run logged after its checkpoint, to be logged again, and a line cut midway."""
-    claim(os.path.join(out_dir, 'run.lock'), out_dir)
-    write_atomically(os.path.join(out_dir, 'config.json'), json.dumps(config, indent=1))
-    log_path = os.path.join(out_dir, 'log.jsonl')
-    if checkpoint is None:
-        for path in (log_path, os.path.join(out_dir, 'ckpt.pt')):
-            if os.path.exists(path):
-                os.remove(path)
-    elif os.path.exists(log_path):
-        with open(log_path, 'rb') as f:
-            kept = f.read(min(os.path.getsize(log_path), checkpoint.get('log_bytes', math.inf)))
-        os.truncate(log_path, kept.rfind(b'\n') + 1)  # whole lines only
+        detail = ' '.join(str(e).split())[:300]  # the missing, unexpected or misshapen keys
+        raise ConfigError(f"{what} ({detail}){advice}") from None
 
 
 def write_atomically(path, text):

@@ -33,8 +33,8 @@ PROBABILITIES = ('random_erasing',)  # each in [0, 1]
 
 def resolve(defaults, argv):
     """The config of defaults, config files and --key=value; with init_from='resume', the stored run's
-    config changed only where a value given here differs. Returns (config, checkpoint or None, overrides:
-    {key: (stored, given)}, notes: lines to print)."""
+    config changed only where a value given here differs. Returns (config, checkpoint.Run: a resumed run's
+    holds its checkpoint, what the command changed in it, and notes to print)."""
     cli = overrides_from(defaults, argv)
     config = {**defaults, **cli}
     if config['init_from'] not in ('scratch', 'resume', *GPT2_MODELS) and not os.path.isdir(config['init_from']):
@@ -92,7 +92,7 @@ def resolve(defaults, argv):
         raise ConfigError(f"{ckpt_path} is at iter {stored_run['iter_num']}, past max_iters ({config['max_iters']}); "
                           "raise max_iters to train on")
     notes += [f"resume: {k} = {new!r} (the checkpoint's run had {old!r})" for k, (old, new) in overrides.items()]
-    return config, stored_run, overrides, notes
+    return config, checkpoint.Run(config, stored_run, overrides, notes)
 
 
 def data_path(config):
@@ -145,10 +145,10 @@ def check_values(config):
     for key in PROBABILITIES:
         if not 0 <= config[key] <= 1:
             raise ConfigError(f"{key} must be in [0, 1], got {config[key]}")
-    if config['optimizer'] not in ('msgdw', 'adamw', 'lion', 'muon'):
-        raise ConfigError(f"unknown optimizer {config['optimizer']!r}; choose 'msgdw', 'adamw', 'lion' or 'muon'")
-    if config['optimizer'] == 'muon' and not hasattr(torch.optim, 'Muon'):
-        raise ConfigError(f"optimizer='muon' needs torch 2.9 or newer (torch.optim.Muon); this is torch {torch.__version__}")
+    if config['opt'] not in ('msgdw', 'adamw', 'lion', 'muon'):
+        raise ConfigError(f"unknown opt {config['opt']!r}; choose 'msgdw', 'adamw', 'lion' or 'muon'")
+    if config['opt'] == 'muon' and not hasattr(torch.optim, 'Muon'):
+        raise ConfigError(f"opt='muon' needs torch 2.9 or newer (torch.optim.Muon); this is torch {torch.__version__}")
     check_dtype(config['device'], config['dtype'])
     if config['decay_lr'] and config['min_lr'] > config['learning_rate']:
         raise ConfigError(f"min_lr ({config['min_lr']}) is above learning_rate ({config['learning_rate']}): "

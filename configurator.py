@@ -101,7 +101,7 @@ def overrides_from(defaults, argv):
             try:
                 value = ast.literal_eval(value)
             except (ValueError, SyntaxError):
-                pass  # a bare word, e.g. --optimizer=adamw
+                pass  # a bare word, e.g. --opt=adamw
             overrides, source = {key: value}, arg
         else:
             try:

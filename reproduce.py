@@ -227,9 +227,9 @@ def parallel(fn, items):
 
 
 def run_name(args):
-    name = f"{args['task']}{args['max_iters']}_{args['preset']}_{args['optimizer']}_lr{args['learning_rate']:g}_wd{args['weight_decay']:g}"
+    name = f"{args['task']}{args['max_iters']}_{args['preset']}_{args['opt']}_lr{args['learning_rate']:g}_wd{args['weight_decay']:g}"
     name += f"_wu{args['warmup_iters'] / args['max_iters']:.2g}"
-    name += f"_m{args['momentum']:g}" if args['optimizer'] == 'msgdw' and args['momentum'] != 0.9 else ''
+    name += f"_m{args['momentum']:g}" if args['opt'] == 'msgdw' and args['momentum'] != 0.9 else ''
     name += '_rmsnorm' if args.get('norm') == 'rmsnorm' else ''
     name += f"_w{args['n_embd']}" if args.get('n_embd', WIDTH) != WIDTH else ''
     if args['task'] == 'cifar':
@@ -305,7 +305,7 @@ def run_cell(runner, ctx, task, budget, preset, optimizer, warmup=WARMUP):
     rung below's best lr and its two grid neighbours, extended until bracketed (mSGDW at the rung below's
     weight decay), then seeds."""
     scale = ctx['scale']
-    base = with_budget({**ctx['bases'][task], 'preset': preset, 'optimizer': optimizer,
+    base = with_budget({**ctx['bases'][task], 'preset': preset, 'opt': optimizer,
                         'weight_decay': WEIGHT_DECAY[optimizer]}, budget, warmup)
     sweep_budget = ctx['sweep_budget'][task]
     if budget <= sweep_budget:
@@ -352,7 +352,7 @@ def warmup_study(runner, ctx):
     def study(cell):
         preset, optimizer = cell
         best = anchors[f'{budget}/{preset}+{optimizer}']
-        base = {**ctx['bases']['lm'], 'preset': preset, 'optimizer': optimizer, 'learning_rate': best['best_lr'],
+        base = {**ctx['bases']['lm'], 'preset': preset, 'opt': optimizer, 'learning_rate': best['best_lr'],
                 'weight_decay': best['best_wd'], 'seed': SEED}
         grid = [(w, m) for w in WARMUPS for m in (MOMENTA if optimizer == 'msgdw' else MOMENTA[:1])]
         named = {}
@@ -374,7 +374,7 @@ def ablation(runner, ctx):
     start = LR_GRID[max(0, i - scale['ablation_lrs'] // 2):][:scale['ablation_lrs']]
 
     def ablate(switches):
-        args = with_budget({**ctx['bases']['lm'], 'optimizer': 'msgdw', 'weight_decay': dnt['best_wd'], **switches}, budget)
+        args = with_budget({**ctx['bases']['lm'], 'opt': 'msgdw', 'weight_decay': dnt['best_wd'], **switches}, budget)
         lrs, best_lr = sweep(runner, args, 'learning_rate', start, scale['max_extensions'], LR_GRID)
         name = run_name(finalize({**args, 'learning_rate': best_lr}))
         return dict(best_lr=best_lr, best_val_loss=lrs[best_lr]['best_val_loss'], run=name, lr_sweep=short(lrs, 'lm'),
@@ -393,7 +393,7 @@ def regularizers(runner, ctx):
 
     def variants(cell):
         preset, optimizer = cell
-        on = with_budget({**ctx['bases']['cifar'], 'preset': preset, 'optimizer': optimizer,
+        on = with_budget({**ctx['bases']['cifar'], 'preset': preset, 'opt': optimizer,
                           'weight_decay': WEIGHT_DECAY[optimizer], **all_on}, budget)
         lrs, best_lr = sweep(runner, on, 'learning_rate', REGULARIZED_LRS[optimizer][:scale['first_lrs']], 1, LR_GRID)
         on['learning_rate'] = best_lr
@@ -426,8 +426,8 @@ def tune(runner, scale, base, first_lrs, n_seeds):
     (WD_SWEEPS); where the best weight decay moved, the lr again from the best and its neighbours; then seeds."""
     lrs, best_lr = sweep(runner, base, 'learning_rate', first_lrs, scale['max_extensions'], LR_GRID)
     base, wds, lrs_again = {**base, 'learning_rate': best_lr}, {base['weight_decay']: lrs[best_lr]}, {}
-    if base['optimizer'] in WD_SWEEPS:
-        values, extensions, grid = WD_SWEEPS[base['optimizer']]
+    if base['opt'] in WD_SWEEPS:
+        values, extensions, grid = WD_SWEEPS[base['opt']]
         wds, best_wd = sweep(runner, base, 'weight_decay', values, extensions, grid)
         if score(base['task'], wds[best_wd]) > score(base['task'], wds[base['weight_decay']]):  # a tie keeps the lr's wd
             base['weight_decay'] = best_wd
@@ -441,7 +441,7 @@ def tune(runner, scale, base, first_lrs, n_seeds):
 
 def cifar_base(ctx, preset, optimizer, width=WIDTH):
     """A cell on the CIFAR-10 subset at the regularizer study's longest budget, the regularizers off."""
-    return with_budget({**ctx['bases']['cifar'], 'preset': preset, 'optimizer': optimizer, **NO_REGULARIZERS,
+    return with_budget({**ctx['bases']['cifar'], 'preset': preset, 'opt': optimizer, **NO_REGULARIZERS,
                         'weight_decay': WEIGHT_DECAY[optimizer], **at_width(ctx['bases']['cifar'], width),
                         **(LION_BETAS if optimizer == 'lion' else {})}, ctx['scale']['cifar_budgets'][-1])
 
@@ -478,7 +478,7 @@ def width_study(runner, ctx, task):
         if width == base_width:
             return ref
         if task == 'lm':
-            base = with_budget({**ctx['bases']['lm'], 'preset': preset, 'optimizer': optimizer}, scale['sweep_budget'])
+            base = with_budget({**ctx['bases']['lm'], 'preset': preset, 'opt': optimizer}, scale['sweep_budget'])
             base.update(at_width(ctx['bases']['lm'], width))
         else:
             base = cifar_base(ctx, preset, optimizer, width)
@@ -509,7 +509,7 @@ def lion_cells(runner, ctx, task):
     the sweep budget, on the CIFAR-10 subset as four_cells."""
     scale = ctx['scale']
     if task == 'lm':
-        bases = [with_budget({**ctx['bases']['lm'], 'preset': p, 'optimizer': o, 'weight_decay': WEIGHT_DECAY[o], **LION_BETAS},
+        bases = [with_budget({**ctx['bases']['lm'], 'preset': p, 'opt': o, 'weight_decay': WEIGHT_DECAY[o], **LION_BETAS},
                              scale['sweep_budget']) for p, o in LION_CELLS]
     else:
         bases = [cifar_base(ctx, p, o) for p, o in LION_CELLS]

@@ -86,7 +86,7 @@ bias = False
 patch_size = 4  # ViT
 pool = 'cls'  # ViT: 'cls' or 'mean'
 # optimizer: 'msgdw' (momentum SGD, decoupled weight decay), 'adamw', 'lion' or 'muon' (Muon + AdamW; optim.py)
-optimizer = 'msgdw'
+opt = 'msgdw'
 learning_rate = 1.0
 weight_decay = 1e-4
 momentum = 0.9  # msgdw
@@ -110,11 +110,12 @@ compile = True
 seed = 1337
 # ----------------------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
+defaults = {k: globals()[k] for k in config_keys}
 # ----------------------------------------------------------------------------------------
-# config files, --key=value and, to resume, the stored run's config; all checked before out_dir is touched
-config, stored_run, overrides, notes = checks.resolve({k: globals()[k] for k in config_keys}, sys.argv[1:])
+# config files, --key=value and, to resume, the stored run's config; all checked before out_dir is touched.
+# run (checkpoint.py): what the run keeps besides model and optimizer (a resumed run's, from its checkpoint)
+config, run = checks.resolve(defaults, sys.argv[1:])
 globals().update(config)
-ckpt_path, log_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'log.jsonl')
 
 # DDP: torchrun sets RANK, LOCAL_RANK, WORLD_SIZE
 ddp = int(os.environ.get('RANK', -1)) != -1
@@ -129,7 +130,7 @@ master_process = rank == 0
 set_current(device)  # cuda:N: its RNG state is the one saved and restored
 accum_steps = gradient_accumulation_steps // world_size  # micro-steps of this process
 device_type = torch.device(device).type  # 'cpu', 'cuda' or 'mps'
-torch.manual_seed(seed + rank)  # dropout differs per process; the data stream below is shared
+torch.manual_seed(seed + rank)  # dropout differs per process; the batches (run.batch_generator) do not
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 ctx = autocast(device, dtype)
@@ -145,7 +146,6 @@ def log(*args):
 
 data_dir = data_dir or os.path.join('data', dataset)
 meta = load_meta(data_dir, log)
-data_gen = torch.Generator().manual_seed(seed)  # draws the training batches; alike on every process
 if meta['kind'] == 'text':
     data = TextData(data_dir, meta, device, batch_size, block_size, eval_iters, eval_seed=seed + 1)
     ModelConfig, Model, loss_args = GPTConfig, GPT, {}
@@ -167,17 +167,18 @@ else:  # GPT-2's weights: they set the model's size, bias and vocabulary
 model_args = asdict(model.config)  # resolved: the preset's switches filled in
 model.to(device)
 config = {k: globals()[k] for k in config_keys}  # what this run trains with: logged, saved, resumed from
+log("config, where not the default (config.json holds all): "
+    + json.dumps({k: v for k, v in config.items() if v != defaults[k]}))
+log(f"{Model.__name__} with {model.get_num_params() / 1e6:.2f}M parameters; {world_size} process(es), "
+    f"{accum_steps} micro-steps of {batch_size} each, {data.samples_per_micro_step * accum_steps * world_size:,} "
+    f"{data.unit} per iteration")
 
 # ----------------------------------------------------------------------------------------
-# optimizer (model.py's configure_optimizers), resume (checkpoint.py), compile, DDP
+# optimizer (model.py's configure_optimizers), compile, DDP, then a resumed run's state into all of them
 
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
-opt = model.configure_optimizers(optimizer, learning_rate, weight_decay, (beta1, beta2), momentum, nesterov,
-                                 device_type)
-iter_num, best_val_loss, evaluated = 0, float('inf'), False  # evaluated: the eval of iter_num has run
-if stored_run is not None:
-    iter_num, best_val_loss, evaluated = checkpoint.restore(stored_run, ckpt_path, model, model_args, opt,
-                                                            scaler, data_gen, config, rank, world_size, log)
+optimizer = model.configure_optimizers(opt, learning_rate, weight_decay, (beta1, beta2), momentum, nesterov,
+                                       device_type)
 raw_model = model
 if compile:
     log("compiling the model (about a minute)...")
@@ -185,7 +186,8 @@ if compile:
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 ema = EMA(raw_model, ema_decay) if ema_decay else None  # a copy of the weights, the same on every process now
-checkpoint.restore_ema(stored_run, ckpt_path, ema, raw_model, log)
+# a new run: 0, inf, False; evaluated: the eval of iter_num has run
+iter_num, best_val_loss, evaluated = run.restore(raw_model, optimizer, scaler, ema)
 
 
 def all_reduce_sum(t):
@@ -221,51 +223,23 @@ def get_lr(it):
 
 
 def diverged(what, value):
-    kept = f"; {ckpt_path} is the last good checkpoint" if os.path.exists(ckpt_path) else ""
+    kept = f"; {run.ckpt_path} is the last good checkpoint" if os.path.exists(run.ckpt_path) else ""
     return ConfigError(f"{what} is {value} at iter {iter_num}; stopping without saving. Lower learning_rate "
                        f"(now {learning_rate}) or raise warmup_iters{kept}")
 
 
 def save_checkpoint():
-    """The state after iteration iter_num; `evaluated` says whether its eval has run, `log_bytes` how much
-    of log.jsonl belongs to it (a resume cuts what a killed run wrote after)."""
-    rng = checkpoint.rng_states(data_state, device, world_size)  # every process takes part
-    if master_process:
-        checkpoint.save(ckpt_path, dict(
-            model=raw_model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
-            ema=ema.state_dict() if ema is not None else None,  # sample.py uses it where it is there
-            model_args=model_args, model_type=meta['kind'], iter_num=iter_num, best_val_loss=best_val_loss,
-            config=config, rng=rng, evaluated=evaluated, meta=meta,  # meta: sample.py decodes with its tokenizer
-            log_bytes=os.path.getsize(log_path) if os.path.exists(log_path) else 0))
-        log(f"saved checkpoint to {ckpt_path}")
-
-
-def write_log(record):
-    if master_process:
-        checkpoint.append_log(log_path, record, iter_num)
-        if wandb_log:
-            wandb.log(record, step=record['iter'])
+    """The state after iteration iter_num (the run adds its generators' states); every process calls it."""
+    run.save(dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                  ema=ema.state_dict() if ema is not None else None,  # sample.py uses it where it is there
+                  model_args=model_args, model_type=meta['kind'], iter_num=iter_num, best_val_loss=best_val_loss,
+                  config=config, evaluated=evaluated, meta=meta))  # meta: sample.py decodes with its tokenizer
 
 
 # ----------------------------------------------------------------------------------------
-# from here on out_dir is written (never under eval_only)
+# from here on out_dir is written (never under eval_only); SIGTERM or SIGINT: finish the step, save, exit 0
 
-log(json.dumps(config, indent=1))
-for note in notes:
-    log(note)
-log(f"{Model.__name__} with {raw_model.get_num_params() / 1e6:.2f}M parameters; {world_size} process(es), "
-    f"{accum_steps} micro-steps of {batch_size} each, {data.samples_per_micro_step * accum_steps * world_size:,} "
-    f"{data.unit} per iteration")
-stop_requested = checkpoint.StopOnSignals(ddp)  # SIGTERM or SIGINT: finish the step, save, exit 0
-if master_process and not eval_only:
-    checkpoint.start_run_dir(out_dir, config, stored_run)
-    if wandb_log:
-        import wandb
-        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-    if stored_run is not None:
-        changed = {k: dict(checkpoint=old, now=new) for k, (old, new) in overrides.items()}
-        write_log(dict(iter=iter_num, resume=changed))
-stored_run = None  # free the memory
+run.start(config)
 
 # ----------------------------------------------------------------------------------------
 # training loop
@@ -276,17 +250,15 @@ rows = slice(rank * accum_steps, (rank + 1) * accum_steps)  # this process's mic
 
 
 def next_batches():
-    """The next iteration's micro-batches, and the data generator's state before their draw (a checkpoint's)."""
-    state = data_gen.get_state()
-    return data.get_batches('train', gradient_accumulation_steps, rows, data_gen), state
+    return data.get_batches('train', gradient_accumulation_steps, rows, run.batch_generator())
 
 
-batches, data_state = next_batches()
+batches = next_batches()
 t0, last_logged = time.time(), iter_num
 running_mfu = -1.0
 while True:
     lr = get_lr(iter_num)
-    for group in opt.param_groups:
+    for group in optimizer.param_groups:
         group['lr'] = lr
 
     if eval_only or ((iter_num % eval_interval == 0 or iter_num == max_iters) and not evaluated):
@@ -296,7 +268,7 @@ while True:
         log(f"step {iter_num}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
         if eval_only:
             break
-        write_log(dict(iter=iter_num, lr=lr, **losses))
+        run.write_log(dict(iter=iter_num, lr=lr, **losses))
         evaluated = True
         if not math.isfinite(losses['val_loss']):
             raise diverged('val loss', losses['val_loss'])
@@ -316,21 +288,21 @@ while True:
             loss = loss / accum_steps  # the gradient is the mean over micro-steps
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
-    batches, data_state = next_batches()  # on the host, while the device computes
-    scaler.unscale_(opt)
+    batches = next_batches()  # on the host, while the device computes
+    scaler.unscale_(optimizer)
     if grad_stats_interval and iter_num % grad_stats_interval == 0 and master_process:
-        write_log(dict(iter=iter_num, grad_stats=grad_stats(raw_model)))
+        run.write_log(dict(iter=iter_num, grad_stats=grad_stats(raw_model)))
     if grad_clip != 0.0:
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-    scaler.step(opt)
+    scaler.step(optimizer)
     scaler.update()
     if ema is not None:
         ema.update_parameters(raw_model)  # ema <- ema_decay * ema + (1 - ema_decay) * weights
-    opt.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=True)
     iter_num += 1
     evaluated = False
 
-    stop = stop_requested()  # under DDP: every process's vote of the iteration before
+    stop = run.stop_requested()  # under DDP: every process's vote of the iteration before
     if iter_num % log_interval == 0:  # every process sees the same mean loss
         train_loss = all_reduce_sum(loss_sum.float()).item() / world_size
         if not math.isfinite(train_loss):
@@ -343,17 +315,10 @@ while True:
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
         log(f"iter {iter_num}: loss {train_loss:.4f}, lr {lr:.3e}, time {dt * 1000:.2f}ms, "
             f"{throughput:,.0f} {data.unit}/s" + (f", mfu {running_mfu * 100:.2f}%" if mfu is not None else ""))
-        write_log(dict(iter=iter_num, loss=train_loss, lr=lr, ms=dt * 1000, throughput=throughput, mfu=mfu))
+        run.write_log(dict(iter=iter_num, loss=train_loss, lr=lr, ms=dt * 1000, throughput=throughput, mfu=mfu))
     if stop:
         log(f"stop requested by signal at iter {iter_num}: saving and exiting")
         save_checkpoint()
         break
 
-if ddp:
-    dist.destroy_process_group()
-    # DDP keeps the process group's worker threads alive into interpreter shutdown, where one that
-    # releases a collective's tensor aborts the process (pytorch/pytorch#190489); all is saved: skip it
-    if wandb_log and master_process and not eval_only:
-        wandb.finish()
-    sys.stdout.flush()
-    os._exit(0)
+run.end()  # wandb's run closed; under DDP, the process group's too

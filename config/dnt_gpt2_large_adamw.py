@@ -10,7 +10,7 @@ batch_size, block_size, gradient_accumulation_steps = 6, 1024, 80
 max_iters = lr_decay_iters = 100000
 warmup_iters = 2000
 eval_interval, eval_iters, log_interval = 1000, 200, 10
-optimizer = 'adamw'
+opt = 'adamw'
 # not given by the paper at this size: its 124M lr, kept (its lrs were barely tuned); Sophia's AdamW baseline for
 # GPT-2 large used 2e-4
 learning_rate, min_lr = 6e-4, 6e-5

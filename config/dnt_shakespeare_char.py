@@ -9,7 +9,7 @@ n_layer, n_head, n_embd = 4, 4, 128
 batch_size, block_size, gradient_accumulation_steps = 32, 128, 1
 max_iters = lr_decay_iters = 2000
 warmup_iters = 100
-optimizer = 'msgdw'
+opt = 'msgdw'
 learning_rate, min_lr = 0.1, 0.01  # best of reproduce.py's CPU sweep (docs/results.md); the paper's 1.0 is for 124M
 momentum = 0.9
 weight_decay = 1e-2

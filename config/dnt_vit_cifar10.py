@@ -10,7 +10,7 @@ batch_size, gradient_accumulation_steps = 128, 1
 augment, crop_padding, label_smoothing = True, 4, 0.1
 max_iters = lr_decay_iters = 4000  # about 10 epochs of 50,000 images
 warmup_iters = 200
-optimizer = 'msgdw'
+opt = 'msgdw'
 learning_rate, min_lr = 0.03, 0.003  # best of reproduce.py's Fashion-MNIST sweep
 momentum = 0.9
 weight_decay = 1e-3

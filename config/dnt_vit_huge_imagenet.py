@@ -20,7 +20,7 @@ batch_size, gradient_accumulation_steps = 16, 256  # MAE: 4096 images an iterati
 max_iters = lr_decay_iters = 200 * 313  # MAE: 200 epochs for ViT-H
 warmup_iters = 20 * 313  # MAE: 20 warmup epochs
 eval_interval, log_interval = 313, 20
-optimizer = 'msgdw'
+opt = 'msgdw'
 learning_rate, min_lr = 0.5, 5e-4  # the paper's ViT-L lr; cosine to lr / 1000 (MAE: to 0)
 momentum = 0.9  # the paper
 weight_decay = 6e-4  # not given by the paper: lr x wd per step as MAE's AdamW (1e-3 x 0.3)

@@ -23,7 +23,7 @@ batch_size, gradient_accumulation_steps = 32, 128  # MAE: 4096 images an iterati
 max_iters = lr_decay_iters = 200 * 313  # MAE: 200 epochs for ViT-L, of 313 iterations (1,281,167 images / 4096)
 warmup_iters = 20 * 313  # MAE: 20 warmup epochs
 eval_interval, log_interval = 313, 20  # evaluate (all 50,000 val images, weights and EMA) once an epoch
-optimizer = 'msgdw'
+opt = 'msgdw'
 learning_rate, min_lr = 0.5, 5e-4  # the paper's lr; cosine to lr / 1000 (MAE: to 0)
 momentum = 0.9  # the paper
 # not given by the paper: lr x wd per step at peak as MAE's AdamW here (1e-3 x 0.3) gives wd 6e-4

@@ -20,7 +20,7 @@ batch_size, gradient_accumulation_steps = 32, 128  # MAE: 4096 images an iterati
 max_iters = lr_decay_iters = 200 * 313  # MAE: 200 epochs for ViT-L, of 313 iterations (1,281,167 images / 4096)
 warmup_iters = 20 * 313  # MAE: 20 warmup epochs
 eval_interval, log_interval = 313, 20  # evaluate (all 50,000 val images, weights and EMA) once an epoch
-optimizer = 'adamw'
+opt = 'adamw'
 learning_rate, min_lr = 1e-3, 1e-6  # the paper's lr (MAE's rule, 1e-4 x 4096 / 256, gives 1.6e-3); cosine to lr / 1000
 beta1, beta2 = 0.9, 0.95  # MAE
 weight_decay = 0.3  # MAE

@@ -14,7 +14,7 @@ always_save_checkpoint = False  # keep the checkpoint with the best val loss
 # and block_size (e.g. --batch_size=1 --block_size=256): each full iteration is ~2e13 FLOPs.
 batch_size, block_size, gradient_accumulation_steps = 4, 1024, 8
 max_iters = 20
-optimizer = 'adamw'
+opt = 'adamw'
 learning_rate = 3e-5  # small and constant: adapt the pretrained weights, don't retrain them
 decay_lr = False
 weight_decay = 0.1

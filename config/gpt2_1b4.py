@@ -10,7 +10,7 @@ batch_size, block_size, gradient_accumulation_steps = 4, 1024, 120  # 480 x 1024
 max_iters = lr_decay_iters = 100000
 warmup_iters = 2000
 eval_interval, eval_iters, log_interval = 1000, 200, 10
-optimizer = 'adamw'
+opt = 'adamw'
 learning_rate, min_lr = 6e-4, 6e-5  # not given by the paper at this size: its 124M lr, kept (its lrs were barely tuned)
 beta1, beta2 = 0.9, 0.95
 weight_decay = 0.1

@@ -10,7 +10,7 @@ batch_size, block_size, gradient_accumulation_steps = 6, 1024, 80
 max_iters = lr_decay_iters = 100000
 warmup_iters = 2000
 eval_interval, eval_iters, log_interval = 1000, 200, 10
-optimizer = 'msgdw'
+opt = 'msgdw'
 learning_rate, min_lr = 1.0, 0.1  # not given by the paper at this size: its 124M lr, kept (its lrs were barely tuned)
 momentum = 0.9
 # not given by the paper: decoupled p <- p * (1 - lr * wd); lr * wd = 1e-4 per step at peak, as at 124M

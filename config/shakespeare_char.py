@@ -7,7 +7,7 @@ n_layer, n_head, n_embd = 4, 4, 128
 batch_size, block_size, gradient_accumulation_steps = 32, 128, 1
 max_iters = lr_decay_iters = 2000
 warmup_iters = 100
-optimizer = 'adamw'
+opt = 'adamw'
 learning_rate, min_lr = 1e-2, 1e-3  # best of reproduce.py's CPU sweep (docs/results.md)
 beta1, beta2 = 0.9, 0.95
 weight_decay = 0.1

@@ -9,7 +9,7 @@ batch_size, gradient_accumulation_steps = 128, 1
 augment, crop_padding, label_smoothing = True, 4, 0.1
 max_iters = lr_decay_iters = 4000  # about 10 epochs of 50,000 images
 warmup_iters = 200
-optimizer = 'adamw'
+opt = 'adamw'
 learning_rate, min_lr = 1e-3, 1e-5
 beta1, beta2 = 0.9, 0.999
 weight_decay = 0.05

@@ -18,7 +18,7 @@ batch_size, gradient_accumulation_steps = 32, 128  # MAE: 4096 images an iterati
 max_iters = lr_decay_iters = 200 * 313  # MAE: 200 epochs for ViT-L
 warmup_iters = 20 * 313  # MAE: 20 warmup epochs
 eval_interval, log_interval = 313, 20
-optimizer = 'adamw'
+opt = 'adamw'
 learning_rate, min_lr = 1e-3, 1e-6  # the paper's lr (MAE's rule, 1e-4 x 4096 / 256, gives 1.6e-3); cosine to lr / 1000
 beta1, beta2 = 0.9, 0.95  # MAE
 weight_decay = 0.3  # MAE

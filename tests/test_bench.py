@@ -42,7 +42,7 @@ def test_accepts_every_train_key_with_train_defaults():
 
 
 def test_compare_optimizers_from_a_train_config():
-    rows = table(bench('config/dnt_gpt2.py', '--compare=optimizer=adamw,msgdw'))
+    rows = table(bench('config/dnt_gpt2.py', '--compare=opt=adamw,msgdw'))
     assert rows[''] == ['A', 'B', 'B/A']
     for label in ('step ms median', 'step ms min', 'optimizer ms median', 'tok/s'):
         a, b, ratio = rows[label]
@@ -59,9 +59,9 @@ def test_compare_optimizers_from_a_train_config():
 
 
 def test_vit():
-    out = bench('--model=vit', '--image_size=8', '--patch_size=4', '--num_classes=10', '--optimizer=adamw')
+    out = bench('--model=vit', '--image_size=8', '--patch_size=4', '--num_classes=10', '--opt=adamw')
     rows = table(out)
-    assert out.startswith('bench: vit preset=dnt optimizer=adamw 1x32, 2 img per step')
+    assert out.startswith('bench: vit preset=dnt opt=adamw 1x32, 2 img per step')
     assert rows['step ms median'][0] > 0 and rows['img/s'][0] > 0
     assert len(rows['step ms median']) == 1  # one variant: no ratio
 
@@ -104,12 +104,12 @@ def test_bench_gpu_sh_runs_through_with_the_cpu_standing_in():
         'config/gpt2.py': [('standard', 'adamw')],
         'config/dnt_gpt2.py': [('dnt', 'msgdw')],
         'config/dnt_gpt2_adamw.py': [('dnt', 'adamw')],
-        'config/dnt_gpt2.py, optimizer=adamw,msgdw': [('dnt', 'adamw'), ('dnt', 'msgdw')],
+        'config/dnt_gpt2.py, opt=adamw,msgdw': [('dnt', 'adamw'), ('dnt', 'msgdw')],
         'standard + AdamW vs DNT + mSGDW': [('standard', 'adamw'), ('dnt', 'msgdw')],
     }
     assert [run.splitlines()[0] for run in runs] == list(variants)
     for run, cells in zip(runs, variants.values()):
-        assert re.findall(r"^\w+(?: \(.*\))?: gpt preset=(\w+) optimizer=(\w+) 1x32, 32 tok per step, float32 on cpu:0, "
+        assert re.findall(r"^\w+(?: \(.*\))?: gpt preset=(\w+) opt=(\w+) 1x32, 32 tok per step, float32 on cpu:0, "
                           r"compile=False$", run, re.M) == cells, run
         assert len(table(run)['step ms median']) == (3 if len(cells) == 2 else 1)  # B/A beside two variants
         assert 'so none of it is hidden' in run.splitlines()[-1]

@@ -25,7 +25,7 @@ CELLS = [('standard', 'adamw'), ('dnt', 'adamw'), ('standard', 'msgdw'), ('dnt',
 # the learning rates it gives ("Training settings that are known"): at GPT-2 124M and ViT-L, one per optimizer; it
 # gives none at the other sizes, where the configs keep these
 LR = {('gpt', 'msgdw'): 1.0, ('gpt', 'adamw'): 6e-4, ('vit', 'msgdw'): 0.5, ('vit', 'adamw'): 1e-3}
-OPTIMIZER_KEYS = {'optimizer', 'learning_rate', 'min_lr', 'weight_decay', 'beta1', 'beta2', 'momentum'}
+OPTIMIZER_KEYS = {'opt', 'learning_rate', 'min_lr', 'weight_decay', 'beta1', 'beta2', 'momentum'}
 GPUS = 8  # the configs' torchrun --nproc_per_node=8
 
 
@@ -68,7 +68,7 @@ def test_cell(name):
     row, preset, optimizer = PAPER[name]
     model, size, dataset = ROWS[row]
     config = load(f'{REPO}/config/{name}.py')
-    assert (config['preset'], config['optimizer'], config['dataset']) == (preset, optimizer, dataset)
+    assert (config['preset'], config['opt'], config['dataset']) == (preset, optimizer, dataset)
     assert config['learning_rate'] == LR[model, optimizer]
     built = build(config, model)
     n_params = sum(p.numel() for p in built.parameters())

@@ -455,7 +455,7 @@ def test_augmentations_off_draw_nothing_and_change_nothing(prepared):
 def test_train_streams_evaluates_and_resumes(prepared, tmp_path, capsys):
     cfg = dict(n_layer=1, n_head=2, n_embd=32, patch_size=4, image_size=12, stream=True, data_workers=2, crop='rrc',
                mixup=0.8, cutmix=1.0, label_smoothing=0.1, batch_size=4, gradient_accumulation_steps=2,
-               optimizer='adamw', learning_rate=1e-3, min_lr=1e-4, eval_interval=3, lr_decay_iters=6,
+               opt='adamw', learning_rate=1e-3, min_lr=1e-4, eval_interval=3, lr_decay_iters=6,
                three_augment=True, color_jitter=0.3, random_erasing=0.5, drop_path=0.2, ema_decay=0.5)
     train(tmp_path / 'straight', prepared, max_iters=6, **cfg)
     train(tmp_path / 'resumed', prepared, max_iters=3, **cfg)

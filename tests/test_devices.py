@@ -52,11 +52,11 @@ def test_mps_is_accepted_with_its_defaults(mps, tmp_path):
         devices.check_device(device)
     assert devices.default_dtype('mps') == 'float32'
     assert not devices.fused_kernels('mps') and not devices.pin_memory('mps') and devices.peak_flops('mps') is None
-    config, _, _, notes = resolve(tmp_path)
+    config, run = resolve(tmp_path)
     assert (config['device'], config['dtype'], config['compile']) == ('mps', 'float32', False)
-    assert len(notes) == 1 and 'compile=False' in notes[0]
-    config, _, _, notes = resolve(tmp_path, '--compile=True', '--dtype=float16')  # given: taken as given
-    assert (config['compile'], config['dtype'], notes) == (True, 'float16', [])
+    assert len(run.notes) == 1 and 'compile=False' in run.notes[0]
+    config, run = resolve(tmp_path, '--compile=True', '--dtype=float16')  # given: taken as given
+    assert (config['compile'], config['dtype'], run.notes) == (True, 'float16', [])
     model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=4, vocab_size=8))
     opt = model.configure_optimizers('msgdw', 0.1, 0.0, device_type='mps')
     assert not opt.defaults['fused']
@@ -108,9 +108,9 @@ def test_unknown_device_names_the_choices():
 
 
 def test_dtype_follows_the_device(cuda, tmp_path):
-    config, _, _, _ = resolve(tmp_path)
+    config, _ = resolve(tmp_path)
     assert (config['device'], config['dtype']) == ('cuda', 'bfloat16')
-    config, _, _, _ = resolve(tmp_path, '--device=cpu')
+    config, _ = resolve(tmp_path, '--device=cpu')
     assert config['dtype'] == 'float32'
 
 
@@ -121,7 +121,7 @@ def test_bf16_only_on_cards_that_have_it(monkeypatch, tmp_path, native, dtype):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: native or including_emulation)
     assert devices.default_dtype('cuda:0') == dtype
-    config, _, _, _ = resolve(tmp_path)
+    config, _ = resolve(tmp_path)
     assert (config['device'], config['dtype']) == ('cuda', dtype)
 
 
@@ -169,34 +169,33 @@ def test_bench_on_cpu_runs_in_float32_where_cuda_is():
 # resume across devices: each RNG state restored where it exists, a note where it does not
 
 
-def restore(stored, device, monkeypatch):
-    """checkpoint.restore of a tiny model's checkpoint `stored` on `device`; (device RNG states set, log lines)."""
-    set_states, lines = [], []
+def restore(stored, device, monkeypatch, capsys):
+    """checkpoint.Run.restore of a tiny model's checkpoint `stored` on `device`; (device RNG states set, lines printed)."""
+    set_states = []
     monkeypatch.setattr(checkpoint, 'set_rng_state', lambda device, state: set_states.append((device, state)))
     model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=4, vocab_size=8))
-    opt = model.configure_optimizers('msgdw', 0.1, 0.0)
-    config = dict(optimizer='msgdw', reset_optimizer=False, device=device)
-    stored = dict(stored, model=model.state_dict(), model_args=dict(n_layer=1), optimizer=opt.state_dict(),
-                  scaler={}, config=dict(optimizer='msgdw'), iter_num=3, best_val_loss=1.0)
-    out = checkpoint.restore(stored, 'ckpt.pt', model, {**asdict(model.config), 'n_layer': 1}, opt,
-                             torch.amp.GradScaler('cpu', enabled=False), torch.Generator(), config, 0, 1, lines.append)
+    optimizer = model.configure_optimizers('msgdw', 0.1, 0.0)
+    config = dict(opt='msgdw', reset_optimizer=False, device=device, out_dir='out', seed=0)
+    stored = dict(stored, model=model.state_dict(), model_args=asdict(model.config), optimizer=optimizer.state_dict(),
+                  scaler={}, config=dict(opt='msgdw'), iter_num=3, best_val_loss=1.0)
+    out = checkpoint.Run(config, stored).restore(model, optimizer, torch.amp.GradScaler('cpu', enabled=False), None)
     assert out == (3, 1.0, True)
-    return set_states, lines
+    return set_states, capsys.readouterr().out.splitlines()
 
 
-def test_a_cpu_checkpoint_resumes_on_cuda(monkeypatch):
+def test_a_cpu_checkpoint_resumes_on_cuda(monkeypatch, capsys):
     cpu_state = torch.get_rng_state()
     rng = dict(data=torch.Generator().get_state(), world_size=1, cpu=[cpu_state])
-    set_states, lines = restore(dict(rng=rng), 'cuda', monkeypatch)
+    set_states, lines = restore(dict(rng=rng), 'cuda', monkeypatch, capsys)
     assert set_states == [] and len(lines) == 1 and 'holds no cuda RNG state' in lines[0]
     assert torch.equal(torch.get_rng_state(), cpu_state)
 
 
-def test_a_cuda_checkpoint_resumes_on_the_cpu_and_mps_on_mps(monkeypatch):
+def test_a_cuda_checkpoint_resumes_on_the_cpu_and_mps_on_mps(monkeypatch, capsys):
     device_state = torch.ByteTensor([1, 2, 3])
     for saved, now, expected in (('cuda', 'cpu', []), ('mps', 'mps', [('mps', device_state)])):
         rng = dict(data=torch.Generator().get_state(), world_size=1, cpu=[torch.get_rng_state()], **{saved: [device_state]})
-        set_states, lines = restore(dict(rng=rng), now, monkeypatch)
+        set_states, lines = restore(dict(rng=rng), now, monkeypatch, capsys)
         assert set_states == expected and lines == []
 
 
@@ -242,5 +241,5 @@ def test_an_unknown_card_is_named_once(monkeypatch, capsys):
 
 def test_muon_refused_in_one_line_on_an_older_torch(monkeypatch, tmp_path):
     monkeypatch.delattr(torch.optim, 'Muon', raising=False)  # torch before 2.9 has none
-    with pytest.raises(ConfigError, match=r"optimizer='muon' needs torch 2\.9 or newer"):
-        resolve(tmp_path, '--optimizer=muon', '--device=cpu')
+    with pytest.raises(ConfigError, match=r"opt='muon' needs torch 2\.9 or newer"):
+        resolve(tmp_path, '--opt=muon', '--device=cpu')

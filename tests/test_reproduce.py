@@ -114,7 +114,7 @@ def test_regularizer_study(quick):
             for r in (runs[n] for n in v['runs']):
                 cfg = r['config']
                 assert cfg['max_iters'] == (20 if name.endswith('20 iterations') else 10)
-                assert cfg['learning_rate'] == c['best_lr'] and f"{cfg['preset']}+{cfg['optimizer']}" == cell
+                assert cfg['learning_rate'] == c['best_lr'] and f"{cfg['preset']}+{cfg['opt']}" == cell
                 on = dict(drop_path=cfg['drop_path'] > 0, three_augment=cfg['three_augment'] and cfg['color_jitter'] > 0,
                           random_erasing=cfg['random_erasing'] > 0, ema=cfg['ema_decay'] > 0)
                 off = {'all on': set(), 'all off': set(on), 'no drop_path': {'drop_path'}, 'no 3-Augment': {'three_augment'},
@@ -159,7 +159,7 @@ def test_width_study_and_lion(quick):
         lion = summary['lion'][task]
         assert set(lion) == {f"{10 if task == 'lm' else 20}/{p}+lion" for p in ('standard', 'dnt')}
         for c in lion.values():
-            assert all(runs[n]['config']['optimizer'] == 'lion' and runs[n]['config']['beta2'] == 0.99 for n in c['runs'])
+            assert all(runs[n]['config']['opt'] == 'lion' and runs[n]['config']['beta2'] == 0.99 for n in c['runs'])
 
 
 def test_gap_closed_is_a_ratio_of_differences_in_either_direction():
@@ -175,7 +175,7 @@ def test_tune_sweeps_the_lr_again_where_the_weight_decay_moved():
         def run_all(self, named):
             return [dict(diverged=False, final_val_acc=1 - abs(math.log10(a['learning_rate'] * a['weight_decay'] / 1e-5)) / 100
                          - abs(math.log10(a['weight_decay'] / 1e-2)) / 10) for a in named.values()]
-    base = dict(task='cifar', preset='dnt', optimizer='msgdw', weight_decay=1e-3, momentum=0.9, max_iters=100,
+    base = dict(task='cifar', preset='dnt', opt='msgdw', weight_decay=1e-3, momentum=0.9, max_iters=100,
                 warmup_iters=20, seed=reproduce.SEED, **reproduce.NO_REGULARIZERS)
     cell = reproduce.tune(Runner(), reproduce.SCALES['full'], base, [3e-3, 1e-2, 3e-2], 3)
     assert list(cell['lr_sweep']) == ['0.003', '0.01', '0.03']  # best 1e-2 at wd 1e-3
@@ -234,7 +234,7 @@ def test_a_cut_run_resumes_and_is_timed_as_a_whole(tmp_path, monkeypatch):
                    cwd=REPO, check=True, capture_output=True)
     runner = reproduce.Runner(str(tmp_path / 'runs'), str(tmp_path / 'results.json'), {'lm': str(data)}, jobs=1)
     base = {'task': 'lm', **reproduce.COMMON, **reproduce.SCALES['quick']['lm'], 'momentum': 0.9, 'seed': reproduce.SEED}
-    args = reproduce.finalize({**reproduce.with_budget(base, 20), 'preset': 'dnt', 'optimizer': 'adamw',
+    args = reproduce.finalize({**reproduce.with_budget(base, 20), 'preset': 'dnt', 'opt': 'adamw',
                                'learning_rate': 1e-3, 'weight_decay': 0.1})
     name = reproduce.run_name(args)
     monkeypatch.chdir(REPO)  # train.py is run from the repository

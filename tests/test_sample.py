@@ -23,7 +23,7 @@ TEXT = ("the quick brown fox jumps over the lazy dog.\n"  # lower case, no '-': 
 PROMPT = "the cat"
 TRAIN = ['--device=cpu', '--dtype=float32', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=32',
          '--batch_size=8', '--gradient_accumulation_steps=1', '--eval_iters=2', '--warmup_iters=2',
-         '--optimizer=adamw', '--learning_rate=1e-2', '--min_lr=1e-3', '--log_interval=1']
+         '--opt=adamw', '--learning_rate=1e-2', '--min_lr=1e-3', '--log_interval=1']
 
 
 def run(script, *args):

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from checkpoint import model_weights
-from configurator import ConfigError, configure, overrides_from
+from configurator import ConfigError, configure, defaults_of, overrides_from
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}  # tiny tensors, shared CPUs
@@ -30,9 +30,9 @@ TINY = dict(device='cpu', compile=False, dtype='float32', n_layer=1, n_head=2, n
             lr_decay_iters=20, grad_clip=1.0)
 N = 10  # iterations per half of a resume test; also its eval_interval
 LM = {  # per optimizer: learning rate and dropout; learning_rate=1 (an int) checks int-for-float end to end
-    'msgdw': dict(optimizer='msgdw', learning_rate=1, min_lr=0.1, dropout=0.1),
-    'adamw': dict(optimizer='adamw', learning_rate=1e-2, min_lr=1e-3, dropout=0.0),
-    'muon': dict(optimizer='muon', learning_rate=1e-2, min_lr=1e-3, dropout=0.0),
+    'msgdw': dict(opt='msgdw', learning_rate=1, min_lr=0.1, dropout=0.1),
+    'adamw': dict(opt='adamw', learning_rate=1e-2, min_lr=1e-3, dropout=0.0),
+    'muon': dict(opt='muon', learning_rate=1e-2, min_lr=1e-3, dropout=0.0),
 }
 CKPT_KEYS = {'model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config', 'rng', 'meta'}
 
@@ -175,16 +175,27 @@ def test_lm_run_learns_and_writes_outputs(lm_runs, text_data, opt):
     assert ckpt['model_args']['qk_norm'] is True  # preset 'dnt' resolved into the switches
     assert ckpt['meta'] == json.loads((text_data / 'meta.json').read_text())  # sample.py decodes with it
     config = json.loads((out / 'config.json').read_text())
-    assert config == ckpt['config'] and config['optimizer'] == opt and config['max_iters'] == 2 * N
+    assert config == ckpt['config'] and config['opt'] == opt and config['max_iters'] == 2 * N
     assert type(config['learning_rate']) is float and config['learning_rate'] == LM[opt]['learning_rate']
     assert {'data', 'cpu', 'world_size'} <= ckpt['rng'].keys() and ckpt['rng']['world_size'] == 1
+
+
+def test_the_run_prints_only_the_keys_off_their_default(text_data, tmp_path):
+    r = train(tmp_path, text_data, max_iters=1, eval_interval=1, momentum=0.9, weight_decay=0.5)
+    line = next(l for l in r.stdout.splitlines() if l.startswith('config, where not the default'))
+    printed = json.loads(line.split(': ', 1)[1])
+    config, defaults = json.loads((tmp_path / 'config.json').read_text()), defaults_of('train.py')
+    assert printed == {k: v for k, v in config.items() if v != defaults[k]}
+    assert printed['weight_decay'] == 0.5 and 'momentum' not in printed  # given at its default: not printed
+    assert config['momentum'] == 0.9 and config.keys() == defaults.keys()  # config.json holds every key
+    assert r.stdout.index(line) < r.stdout.index('step 0')
 
 
 @pytest.fixture(scope='module')
 def image_run(tmp_path_factory, image_data):
     """A tiny ViT trained for 30 iterations on image_data (AdamW, no label smoothing)."""
     out = tmp_path_factory.mktemp('image_run') / 'out'
-    train(out, image_data, optimizer='adamw', learning_rate=3e-3, min_lr=3e-4, batch_size=16, patch_size=4,
+    train(out, image_data, opt='adamw', learning_rate=3e-3, min_lr=3e-4, batch_size=16, patch_size=4,
           crop_padding=1, max_iters=30, eval_interval=15, lr_decay_iters=30)
     return out
 
@@ -439,7 +450,7 @@ def test_compiled_vit_has_one_graph_per_mode(image_data, tmp_path):
     """64 val images in batches of 24: the last one padded, so that evaluation keeps one static shape. Two graphs
     (train, eval) and no recompile for a batch size (which would also make the training graph symbolic)."""
     r = train(tmp_path, image_data, compile=True, n_embd=16, batch_size=24, patch_size=4, max_iters=2, eval_interval=1,
-              optimizer='adamw', learning_rate=1e-3, min_lr=1e-4, timeout=600, env={**ENV, 'TORCH_LOGS': 'recompiles'})
+              opt='adamw', learning_rate=1e-3, min_lr=1e-4, timeout=600, env={**ENV, 'TORCH_LOGS': 'recompiles'})
     recompiles = r.stderr.count('Recompiling function')
     assert recompiles == 1 and 'grad_mode' in r.stderr and 'mismatch' not in r.stderr, r.stderr[-3000:]
     assert [v['iter'] for v in read_log(tmp_path) if 'val_acc' in v] == [0, 1, 2]
@@ -630,8 +641,8 @@ def test_bad_input_changes_nothing(lm_runs, text_data, bad_data, tmp_path, case,
 def test_resume_with_another_optimizer_is_refused(lm_runs, tmp_path, old, new):
     out = Path(shutil.copytree(lm_runs(old) / 'half', tmp_path / 'out'))
     before = snapshot(out)
-    r = resume(out, f'--optimizer={new}', f'--max_iters={N + 1}', check=False)
-    assert_one_line_error(r, f"optimizer='{old}'", f"--optimizer={old}", '--reset_optimizer=True')
+    r = resume(out, f'--opt={new}', f'--max_iters={N + 1}', check=False)
+    assert_one_line_error(r, f"opt='{old}'", f"--opt={old}", '--reset_optimizer=True')
     assert snapshot(out) == before
 
 
@@ -750,10 +761,10 @@ def test_ctrl_c_before_the_loop_is_one_line(text_data, tmp_path, delay):
 @pytest.mark.parametrize('new', ['adamw', 'muon'])
 def test_resume_with_a_fresh_optimizer_state(lm_runs, tmp_path, new):
     out = Path(shutil.copytree(lm_runs('msgdw') / 'half', tmp_path / 'out'))
-    r = resume(out, f'--optimizer={new}', '--reset_optimizer=True', '--learning_rate=1e-2', '--min_lr=1e-3', f'--max_iters={N + 2}')
-    assert f'a fresh {new} optimizer state' in r.stdout and f"resume: optimizer = '{new}' (the checkpoint's run had 'msgdw')" in r.stdout
+    r = resume(out, f'--opt={new}', '--reset_optimizer=True', '--learning_rate=1e-2', '--min_lr=1e-3', f'--max_iters={N + 2}')
+    assert f'a fresh {new} optimizer state' in r.stdout and f"resume: opt = '{new}' (the checkpoint's run had 'msgdw')" in r.stdout
     ckpt = load_ckpt(out)
-    assert ckpt['iter_num'] == N + 2 and ckpt['config']['optimizer'] == new
+    assert ckpt['iter_num'] == N + 2 and ckpt['config']['opt'] == new
     assert new == 'adamw' or ckpt['optimizer'].keys() == {'muon', 'adamw'}
     adamw = lambda ckpt: ckpt['optimizer']['adamw'] if new == 'muon' else ckpt['optimizer']  # Muon's AdamW half
     adamw_steps = lambda ckpt: {int(st['step']) for st in adamw(ckpt)['state'].values()}
