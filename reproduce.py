@@ -172,13 +172,10 @@ class Runner:
         out_dir = os.path.join(self.out, name)
         os.makedirs(out_dir, exist_ok=True)
         resume = os.path.exists(os.path.join(out_dir, 'ckpt.pt'))
-        train_args = {**{k: v for k, v in args.items() if k != 'task'}, 'data_dir': self.data_dirs[args['task']],
-                      'out_dir': out_dir, 'init_from': 'resume' if resume else 'scratch'}
-        cmd = [sys.executable, 'train.py', *[f'--{k}={v!r}' if isinstance(v, str) else f'--{k}={v}' for k, v in train_args.items()]]
-        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // self.jobs)))
         with self.slots, open(os.path.join(out_dir, 'train.log'), 'a') as f:
             start = time.time()
-            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+            code = subprocess.run(self.command(args, out_dir, init_from='resume' if resume else 'scratch'),
+                                  stdout=f, stderr=subprocess.STDOUT, env=self.env()).returncode
             wall_s = time.time() - start
         # a run cut by a session's end kept no time of its earlier segments: scale the last one to the whole run
         log = read_log(out_dir)
@@ -205,6 +202,40 @@ class Runner:
 
     def run_all(self, named_args):
         return parallel(lambda item: self.run(*item), named_args.items())
+
+    def command(self, args, out_dir, **extra):
+        train_args = {**{k: v for k, v in args.items() if k != 'task'}, 'data_dir': self.data_dirs[args['task']],
+                      'out_dir': out_dir, **extra}
+        return [sys.executable, 'train.py', *[f'--{k}={v!r}' if isinstance(v, str) else f'--{k}={v}' for k, v in train_args.items()]]
+
+    def env(self):
+        return dict(os.environ, OMP_NUM_THREADS=str(self.threads))
+
+    @property
+    def threads(self):
+        return max(1, (os.cpu_count() or 1) // self.jobs)
+
+    def check(self, spec):
+        """Train the recorded run `spec` (NAME or NAME@ITERS: its first ITERS iterations, the schedule unchanged) again
+        in <out>/check/NAME, and compare its evals with the record's, number for number; True where all are equal."""
+        name, _, iters = spec.partition('@')
+        record = self.runs[name]
+        args = {**record['config'], 'max_iters': int(iters or record['config']['max_iters'])}
+        out_dir = os.path.join(self.out, 'check', name)
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, 'train.log'), 'w') as f:
+            subprocess.run(self.command(args, out_dir, init_from='scratch', overwrite=True), stdout=f,
+                           stderr=subprocess.STDOUT, env=self.env(), check=True)
+        want = [c for c in record['curve'] if c[0] <= args['max_iters']]
+        got = {c[0]: c for c in run_record(read_log(out_dir), args, False, 0)['curve']}
+        differ = [(c, got.get(c[0])) for c in want if got.get(c[0]) != c]
+        where = f"{name} to iter {args['max_iters']} ({self.threads} thread(s) a run)"
+        if differ:
+            print(f"{where}: differs from the record at iter {differ[0][0][0]}: recorded {differ[0][0][1:]}, now "
+                  f"{differ[0][1] and differ[0][1][1:]} (iteration, then val loss, top-1, train loss)")
+        else:
+            print(f"{where}: equal to the record at every eval ({', '.join(str(c[0]) for c in want)})")
+        return not differ
 
 
 def train_scores(out_dir, ema):
@@ -928,6 +959,8 @@ def main():
     parser.add_argument('--out', help='run folders (default runs/full or runs/quick)')
     parser.add_argument('--results', help='results.json, tables and figures (default results/ or <out>/results)')
     parser.add_argument('--jobs', type=int, default=2, help='train.py processes at once; each gets cores/jobs threads')
+    parser.add_argument('--check', help='NAME[@ITERS],...: train recorded runs again (to ITERS) and compare their evals '
+                        'with the record; exit 1 where one differs')
     args = parser.parse_args()
     scale_name = 'quick' if args.quick else 'full'
     scale = SCALES[scale_name]
@@ -948,13 +981,19 @@ def main():
     os.makedirs(results_dir, exist_ok=True)
 
     data_dirs = {task: os.path.join(out, 'data', task) for task in SOURCES}
+    runner = Runner(out, os.path.join(results_dir, 'results.json'), data_dirs, args.jobs, train=not args.tables_only)
+    checks = args.check.split(',') if args.check else []
+    if unknown := [c for c in checks if c.partition('@')[0] not in runner.runs or not c.partition('@')[2].isdigit() and '@' in c]:
+        sys.exit(f"reproduce.py: error: --check: {unknown[0]!r} is no NAME[@ITERS] of a run in {runner.results_path}")
+    tasks = {runner.runs[c.partition('@')[0]]['config']['task'] for c in checks} or {task for part in parts for task in PARTS[part]}
     if not args.tables_only:
-        for task in {task for part in parts for task in PARTS[part]}:
+        for task in tasks:
             dataset, source = SOURCES[task]
             if not os.path.exists(data_dirs[task]):
                 subprocess.run([sys.executable, 'prepare_data.py', dataset, '--input', os.path.join(args.data_root, source),
                                 '--out_dir', data_dirs[task]], check=True)
-    runner = Runner(out, os.path.join(results_dir, 'results.json'), data_dirs, args.jobs, train=not args.tables_only)
+    if checks:
+        sys.exit(0 if all([runner.check(c) for c in checks]) else 1)
     # the tables come from every recorded run, each part at its default and asked-for budgets
     everything = {'ladder': sorted({*budgets, *scale['budgets']}), 'vision': sorted({*vision_budgets, *scale['vision_budgets']})}
     ctx = dict(scale=scale, sweep_budget=dict(lm=scale['sweep_budget'], vision=vision_budgets[0]),

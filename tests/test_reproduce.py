@@ -43,7 +43,7 @@ def quick(tmp_path_factory):
     second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-2000:]
     results = root / 'runs' / 'results'
-    return dict(first=first.stdout, second=second.stdout, results=results,
+    return dict(first=first.stdout, second=second.stdout, results=results, cmd=cmd,
                 report=json.loads((results / 'results.json').read_text()))
 
 
@@ -206,6 +206,21 @@ def test_tables_and_figures_written(quick):
 def test_second_run_trains_nothing(quick):
     assert 'best val loss' in quick['first']
     assert 'best val loss' not in quick['second']  # every run was found finished and reused
+
+
+def test_check_trains_a_recorded_run_again_and_finds_a_changed_number(quick, tmp_path):
+    name, run = next((n, r) for n, r in quick['report']['runs'].items() if r['config']['task'] == 'lm' and len(r['curve']) > 2)
+    cut = run['curve'][1][0]
+    r = subprocess.run(quick['cmd'] + ['--check', f'{name}@{cut}'], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert f"{name} to iter {cut} (" in r.stdout and f"equal to the record at every eval (0, {cut})" in r.stdout
+    report = json.loads(json.dumps(quick['report']))
+    report['runs'][name]['curve'][1][1] += 1e-7  # a record one rounding step off
+    (tmp_path / 'results.json').write_text(json.dumps(report))
+    r = subprocess.run(quick['cmd'] + ['--results', str(tmp_path), '--check', f'{name}@{cut}'], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 1 and f"differs from the record at iter {cut}" in r.stdout
+    r = subprocess.run(quick['cmd'] + ['--check', 'no_such_run'], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("reproduce.py: error: --check: 'no_such_run'")
 
 
 @pytest.mark.skipif(bool(NO_MUON), reason=NO_MUON)
