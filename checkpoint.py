@@ -46,6 +46,9 @@ def load(path, *keys):
     missing = [k for k in needed if k not in checkpoint] if isinstance(checkpoint, dict) else needed
     if missing:
         raise ConfigError(f"{path} is not a checkpoint of train.py (it lacks {', '.join(missing)})")
+    config = checkpoint['config']
+    if isinstance(config, dict) and 'optimizer' in config and 'opt' not in config:  # saved while the key was named 'optimizer'
+        config['opt'] = config.pop('optimizer')
     return checkpoint
 
 

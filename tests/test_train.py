@@ -773,6 +773,17 @@ def test_resume_with_a_fresh_optimizer_state(lm_runs, tmp_path, new):
     assert adamw_steps(load_ckpt(out)) == {3}
 
 
+def test_a_checkpoint_whose_config_names_the_optimizer_optimizer_resumes(lm_runs, tmp_path):
+    """Cut runs saved while the config key was 'optimizer' (reproduce.py resumes them) continue as 'opt'."""
+    out = Path(shutil.copytree(lm_runs('adamw') / 'half', tmp_path / 'out'))
+    ckpt = load_ckpt(out)
+    ckpt['config']['optimizer'] = ckpt['config'].pop('opt')
+    torch.save(ckpt, out / 'ckpt.pt')
+    r = resume(out, f'--max_iters={N + 1}')
+    assert "resume: opt" not in r.stdout and 'a fresh' not in r.stdout
+    assert load_ckpt(out)['config']['opt'] == 'adamw' and load_ckpt(out)['iter_num'] == N + 1
+
+
 @pytest.mark.parametrize('opt', LM)
 def test_resume_optimizer_hyperparameters_given_anew_take_effect(lm_runs, tmp_path, opt):
     out = Path(shutil.copytree(lm_runs(opt) / 'half', tmp_path / 'out'))
