@@ -78,7 +78,9 @@ def defaults_of(script):
 
 def _check(defaults, key, value, source):
     if key not in defaults:
-        close = difflib.get_close_matches(key, defaults, n=3, cutoff=0.5)
+        close = [k for k in defaults if key.startswith(k)]  # a key spelled out: optimizer for opt
+        close += [k for k in difflib.get_close_matches(key, defaults, n=3, cutoff=0.5) if k not in close]
+        close = close[:3]
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise ConfigError(f"{source}: unknown config key '{key}'{hint}")
     default = defaults[key]

@@ -1113,6 +1113,8 @@ def test_configurator_errors(tmp_path):
     msg = config_error(['--learning_rat=1'])
     assert "unknown config key 'learning_rat'" in msg and 'did you mean learning_rate' in msg
     assert 'did you mean' not in config_error(['--zzzzzz=1'])
+    with pytest.raises(ConfigError, match=r"unknown config key 'optimizer'; did you mean opt or"):
+        configure(defaults_of('train.py'), ['--optimizer=adamw'])
     msg = config_error(['--max_iters=abc'])
     assert 'max_iters must be a int' in msg and "'abc'" in msg
     assert 'compile must be a bool' in config_error(['--compile=1'])
