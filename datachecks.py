@@ -158,11 +158,14 @@ def claim(lock_path, what):
 
 
 def check_fits(cfg, meta, data_dir, kind):
-    """The dataset in data_dir is one a model of config cfg can read (sample.py): its kind, and for images its
-    channels, classes and size."""
+    """The dataset in data_dir is one a model of config cfg can read (sample.py): its kind, for images its
+    channels, classes and size; for text, a tokenizer within its vocabulary."""
     if meta['kind'] != kind:
         raise DataError(f"{data_dir} holds {meta['kind']} data, and the checkpoint a model of {kind}: give the "
                         "--data_dir it was trained on")
+    if kind == 'text' and meta['vocab_size'] > cfg.vocab_size:
+        raise DataError(f"the model knows {cfg.vocab_size} tokens, the tokenizer of {data_dir} {meta['vocab_size']}: "
+                        "give the --data_dir it was trained on")
     if kind == 'image':
         H, W, C = meta['shape']
         if (C, meta['num_classes']) != (cfg.in_chans, cfg.num_classes) or H < cfg.image_size:

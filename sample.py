@@ -103,9 +103,6 @@ def sample(args):
         print(f"top-1 accuracy on {args.split}: {100 * correct / n:.2f}% ({int(n)} images), loss {loss_sum / n:.4f}")
         return
 
-    if meta['vocab_size'] > model.config.vocab_size:
-        raise ConfigError(f"the model knows {model.config.vocab_size} tokens, its tokenizer {meta['vocab_size']}: "
-                          "--data_dir holds another dataset than the one it was trained on")
     encode, decode = get_tokenizer(meta)
     start_ids = prompt_ids(args.start, encode)  # FILE:path reads the prompt from a file
     if model.config.vocab_size > meta['vocab_size']:  # a padded vocabulary: never sample the padding ids
