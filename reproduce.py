@@ -721,6 +721,12 @@ def write_tables(report, results_dir, jobs):
                   'Final val top-1 (the last eval: this set overfits); lr swept until bracketed, then the weight decay at '
                   'the best lr, then the lr again where the best weight decay moved.', '']
         cell_tables('cifar', summary['cells'], lines, cifar_epochs)
+        lines += ['What each cell fits against what it generalizes: top-1 on the training images as eval sees them (no '
+                  'augmentation) and on val, seed means, in %.', '', '| cell | train top-1 | val top-1 | train − val |', '|---|---|---|---|']
+        for key, c in summary['cells'].items():
+            train = 100 * np.mean([runs[n]['train_scores']['raw']['acc'] for n in c['runs']])
+            lines.append(f"| {CELL_NAMES[key.split('/')[1]]} | {train:.1f} | {100 * c['mean']:.1f} | {train - 100 * c['mean']:.1f} |")
+        lines.append('')
     fractions = [(name, task, budget, cs) for name, part, task in (('LM', 'ladder', 'lm'), ('Fashion-MNIST', 'vision', 'vision'),
                                                                     ('CIFAR-10 subset', 'cells', 'cifar'))
                  for budget, cs in by_budget(summary.get(part, {})).items()
@@ -759,7 +765,7 @@ def write_tables(report, results_dir, jobs):
             lines.append('')
     if 'regularizers' in summary:
         regularizer_tables(summary['regularizers'], runs, report['settings'], lines)
-    for task, part in (('lm', 'ladder'), ('vision', 'vision')):
+    for task, part in (('lm', 'ladder'), ('vision', 'vision'), ('cifar', 'cells')):
         if part not in summary:
             continue
         lines += [f'## Gradient tails, {task} (median over weight matrices; each cell\'s best run, seed {SEED})', '',

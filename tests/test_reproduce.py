@@ -196,6 +196,7 @@ def test_tables_and_figures_written(quick):
                     'gap to standard + AdamW (points', 'CIFAR-10 subset ViT: regularizers', 'the four cells, regularizers off',
                     "DNT closes most of mSGDW's gap", 'paper: ViT-L 307M, ImageNet top-1 | | 0.94',
                     'The gap against width: Tiny Shakespeare', 'The gap against width: CIFAR-10', 'Lion, CIFAR-10 subset ViT',
+                    'What each cell fits against what it generalizes', 'Gradient tails, cifar',
                     'Optimizer state', 'Wall time', 'Every recorded run'):
         assert heading in text
     pytest.importorskip('matplotlib')
