@@ -989,7 +989,8 @@ def main():
     data_dirs = {task: os.path.join(out, 'data', task) for task in SOURCES}
     runner = Runner(out, os.path.join(results_dir, 'results.json'), data_dirs, args.jobs, train=not args.tables_only)
     checks = args.check.split(',') if args.check else []
-    if unknown := [c for c in checks if c.partition('@')[0] not in runner.runs or not c.partition('@')[2].isdigit() and '@' in c]:
+    malformed = lambda name, at, iters: name not in runner.runs or (at and not iters.isdigit())
+    if unknown := [c for c in checks if malformed(*c.partition('@'))]:
         sys.exit(f"reproduce.py: error: --check: {unknown[0]!r} is no NAME[@ITERS] of a run in {runner.results_path}")
     tasks = {runner.runs[c.partition('@')[0]]['config']['task'] for c in checks} or {task for part in parts for task in PARTS[part]}
     if not args.tables_only:
