@@ -162,6 +162,15 @@ def test_width_study_and_lion(quick):
             assert all(runs[n]['config']['opt'] == 'lion' and runs[n]['config']['beta2'] == 0.99 for n in c['runs'])
 
 
+def test_a_part_tabulates_each_task_whose_runs_are_all_recorded(capsys):
+    def study(task):
+        if task == 'cifar':
+            raise reproduce.MissingRun('cifar3000_dnt_msgdw_lr0.01_wd1e-05_wu0.2_w256_reg-none_s1337')
+        return {'128/dnt+msgdw': task}
+    assert reproduce.by_task('width', study) == {'lm': {'128/dnt+msgdw': 'lm'}}
+    assert 'width, cifar: not complete yet' in capsys.readouterr().out
+
+
 def test_gap_closed_is_a_ratio_of_differences_in_either_direction():
     # ViT-L: mSGDW's gap of 3.5 points, 3.3 of them closed; a loss closes the same way, below AdamW passes it
     assert reproduce.gap_closed(81.7, 78.2, 81.5) == pytest.approx(3.3 / 3.5)
