@@ -733,12 +733,7 @@ def write_tables(report, results_dir, jobs):
                   'Final val top-1 (the last eval: this set overfits); lr swept until bracketed, then the weight decay at '
                   'the best lr, then the lr again where the best weight decay moved.', '']
         cell_tables('cifar', summary['cells'], lines, cifar_epochs)
-        lines += ['What each cell fits against what it generalizes: top-1 on the training images as eval sees them (no '
-                  'augmentation) and on val, seed means, in %.', '', '| cell | train top-1 | val top-1 | train − val |', '|---|---|---|---|']
-        for key, c in summary['cells'].items():
-            train = 100 * np.mean([runs[n]['train_scores']['raw']['acc'] for n in c['runs']])
-            lines.append(f"| {CELL_NAMES[key.split('/')[1]]} | {train:.1f} | {100 * c['mean']:.1f} | {train - 100 * c['mean']:.1f} |")
-        lines.append('')
+        fit_table(summary['cells'], runs, lines)
     fractions = [(name, task, budget, cs) for name, part, task in (('LM', 'ladder', 'lm'), ('Fashion-MNIST', 'vision', 'vision'),
                                                                     ('CIFAR-10 subset', 'cells', 'cifar'))
                  for budget, cs in by_budget(summary.get(part, {})).items()
@@ -775,6 +770,8 @@ def write_tables(report, results_dir, jobs):
             lines += [f"| {CELL_NAMES[k.split('/')[1]]} | {fmt_cell(task, c)} (n={len(c['per_seed'])}, lr {c['best_lr']:g}) | "
                       f"{fmt_sweep(task, c['lr_sweep'])} |" for k, c in cells.items()]
             lines.append('')
+            if task == 'cifar':
+                fit_table(cells, runs, lines)
     if 'regularizers' in summary:
         regularizer_tables(summary['regularizers'], runs, report['settings'], lines)
     for task, part in (('lm', 'ladder'), ('vision', 'vision'), ('cifar', 'cells')):
@@ -804,6 +801,16 @@ def write_tables(report, results_dir, jobs):
               for name, r in sorted(runs.items())]
     with open(os.path.join(results_dir, 'results.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
+
+
+def fit_table(cells, runs, lines):
+    """What each CIFAR cell fits against what it generalizes."""
+    lines += ['What each cell fits against what it generalizes: top-1 on the training images as eval sees them (no '
+              'augmentation) and on val, seed means, in %.', '', '| cell | train top-1 | val top-1 | train − val |', '|---|---|---|---|']
+    for key, c in cells.items():
+        train = 100 * np.mean([runs[n]['train_scores']['raw']['acc'] for n in c['runs']])
+        lines.append(f"| {CELL_NAMES[key.split('/')[1]]} | {train:.1f} | {100 * c['mean']:.1f} | {train - 100 * c['mean']:.1f} |")
+    lines.append('')
 
 
 def make_figures(report, results_dir):
