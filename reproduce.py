@@ -535,16 +535,19 @@ def width_study(runner, ctx, task):
     return {f'{w}/{p}+{o}': {k: v for k, v in c.items() if k != 'base'} for (w, (p, o)), c in points.items()}
 
 
+def if_recorded(what, study):
+    """study(), or None where one of its runs is not recorded yet (the tables of a study still running)."""
+    try:
+        return study()
+    except MissingRun as e:
+        print(f"{what}: not complete yet (no record of {e}); its tables wait for it")
+
+
 def by_task(part, study):
-    """{task: study(task)} for each of the part's tasks, in turn; in the tables, each task whose runs are all
-    recorded, so that one task's tables do not wait for the other's runs."""
-    done = {}
-    for task in PARTS[part]:
-        try:
-            done[task] = study(task)
-        except MissingRun as e:
-            print(f"{part}, {task}: not complete yet (no record of {e}); its tables wait for it")
-    return done
+    """{task: study(task)} for each of the part's tasks whose runs are all recorded, so that one task's tables do
+    not wait for the other's runs."""
+    done = {task: if_recorded(f'{part}, {task}', lambda: study(task)) for task in PARTS[part]}
+    return {task: result for task, result in done.items() if result is not None}
 
 
 def lion_cells(runner, ctx, task):
@@ -1038,12 +1041,8 @@ def main():
     for part in parts if runner.train else []:
         runner.part = f"{part} {','.join(map(str, asked[part]))}" if part in asked else part
         experiments[part](asked.get(part))
-    runner.train, summary = False, {}
-    for part, experiment in experiments.items():
-        try:
-            summary[part] = experiment(everything.get(part))
-        except MissingRun as e:
-            print(f"{part}: not complete yet (no record of {e}); its tables wait for it")
+    runner.train = False
+    summary = {part: if_recorded(part, lambda: experiment(everything.get(part))) for part, experiment in experiments.items()}
     report['summary'] = {part: result for part, result in summary.items() if result}
     report['memory'] = memory_table()
     with runner.lock:
