@@ -764,6 +764,12 @@ def write_tables(report, results_dir, jobs):
             for name in ('dnt+msgdw', 'standard+msgdw'):
                 lines.append(f"| gap, {CELL_NAMES[name]} | " + ' | '.join(
                     f'{GAP_SCALE[task] * g:+.{GAP_DIGITS[task]}f} ± {GAP_SCALE[task] * e:.{GAP_DIGITS[task]}f}' for _, g, e in gaps[name]) + ' |')
+            lines.append('| fraction closed | ' + ' | '.join(f"{gap_closed(*(points[f'{w}/{c}']['mean'] for c in ('standard+adamw', 'standard+msgdw', 'dnt+msgdw'))):.2f}"
+                                                          for w in widths) + ' |')
+            if task == 'cifar':
+                for p, o in WIDTH_CELLS:
+                    lines.append(f"| train top-1, {CELL_NAMES[f'{p}+{o}']} | " + ' | '.join(
+                        f"{train_top1(points[f'{w}/{p}+{o}'], runs):.1f}%" for w in widths) + ' |')
             lines += ['', f"Lr sweeps ({metric_name(task)}, seed {SEED}): " + '; '.join(
                 f"{CELL_NAMES[k.split('/')[1]]} at {k.split('/')[0]}: {fmt_sweep(task, c['lr_sweep'])}" for k, c in points.items()), '']
     if 'lion' in summary:
@@ -806,12 +812,17 @@ def write_tables(report, results_dir, jobs):
         f.write('\n'.join(lines) + '\n')
 
 
+def train_top1(cell, runs):
+    """A CIFAR cell's top-1 on the training images as eval sees them (no augmentation), seed mean, in %."""
+    return 100 * np.mean([runs[n]['train_scores']['raw']['acc'] for n in cell['runs']])
+
+
 def fit_table(cells, runs, lines):
     """What each CIFAR cell fits against what it generalizes."""
     lines += ['What each cell fits against what it generalizes: top-1 on the training images as eval sees them (no '
               'augmentation) and on val, seed means, in %.', '', '| cell | train top-1 | val top-1 | train − val |', '|---|---|---|---|']
     for key, c in cells.items():
-        train = 100 * np.mean([runs[n]['train_scores']['raw']['acc'] for n in c['runs']])
+        train = train_top1(c, runs)
         lines.append(f"| {CELL_NAMES[key.split('/')[1]]} | {train:.1f} | {100 * c['mean']:.1f} | {train - 100 * c['mean']:.1f} |")
     lines.append('')
 

@@ -204,7 +204,8 @@ def test_tables_and_figures_written(quick):
     for heading in ('budget ladder', 'gap to standard + AdamW (nats', 'Warmup and momentum', 'Ablation', 'Fashion-MNIST',
                     'gap to standard + AdamW (points', 'CIFAR-10 subset ViT: regularizers', 'the four cells, regularizers off',
                     "DNT closes most of mSGDW's gap", 'paper: ViT-L 307M, ImageNet top-1 | | 0.94',
-                    'The gap against width: Tiny Shakespeare', 'The gap against width: CIFAR-10', 'Lion, CIFAR-10 subset ViT',
+                    'The gap against width: Tiny Shakespeare', 'The gap against width: CIFAR-10', '| fraction closed |',
+                    '| train top-1, DNT + mSGDW |', 'Lion, CIFAR-10 subset ViT',
                     'What each cell fits against what it generalizes', 'Gradient tails, cifar',
                     'Optimizer state', 'Wall time', 'Every recorded run'):
         assert heading in text
