@@ -764,8 +764,8 @@ def write_tables(report, results_dir, jobs):
             for name in ('dnt+msgdw', 'standard+msgdw'):
                 lines.append(f"| gap, {CELL_NAMES[name]} | " + ' | '.join(
                     f'{GAP_SCALE[task] * g:+.{GAP_DIGITS[task]}f} ± {GAP_SCALE[task] * e:.{GAP_DIGITS[task]}f}' for _, g, e in gaps[name]) + ' |')
-            lines.append('| fraction closed | ' + ' | '.join(f"{gap_closed(*(points[f'{w}/{c}']['mean'] for c in ('standard+adamw', 'standard+msgdw', 'dnt+msgdw'))):.2f}"
-                                                          for w in widths) + ' |')
+            closed = [gap_closed(*(points[f'{w}/{c}']['mean'] for c in ('standard+adamw', 'standard+msgdw', 'dnt+msgdw'))) for w in widths]
+            lines.append('| fraction closed | ' + ' | '.join(f'{f:.2f}' for f in closed) + ' |')
             if task == 'cifar':
                 for p, o in WIDTH_CELLS:
                     lines.append(f"| train top-1, {CELL_NAMES[f'{p}+{o}']} | " + ' | '.join(
