@@ -608,6 +608,14 @@ def gap_closed(std_adamw, std_msgdw, dnt_msgdw):
     return (std_msgdw - dnt_msgdw) / (std_msgdw - std_adamw)
 
 
+GAP_CELLS = ('standard+adamw', 'standard+msgdw', 'dnt+msgdw')  # gap_closed's arguments, in order
+
+
+def cells_gap_closed(cells, prefix=''):
+    """gap_closed from the seed means of the cells keyed prefix + each of GAP_CELLS."""
+    return gap_closed(*(cells[prefix + c]['mean'] for c in GAP_CELLS))
+
+
 def by_budget(cells):
     """'1500/dnt+msgdw' -> {1500: {'dnt+msgdw': cell}}, budgets ascending."""
     out = {}
@@ -740,13 +748,13 @@ def write_tables(report, results_dir, jobs):
     fractions = [(name, task, budget, cs) for name, part, task in (('LM', 'ladder', 'lm'), ('Fashion-MNIST', 'vision', 'vision'),
                                                                     ('CIFAR-10 subset', 'cells', 'cifar'))
                  for budget, cs in by_budget(summary.get(part, {})).items()
-                 if {'standard+adamw', 'standard+msgdw', 'dnt+msgdw'} <= set(cs)]
+                 if set(GAP_CELLS) <= set(cs)]
     if fractions:
         lines += ["## DNT closes most of mSGDW's gap to AdamW?", '',
                   '(standard + mSGDW − DNT + mSGDW) / (standard + mSGDW − standard + AdamW), from the seed means: 1 closes '
                   'the gap, above 1 passes AdamW, 0 is no better than standard + mSGDW.', '',
                   '| task | budget | fraction closed |', '|---|---|---|']
-        lines += [f"| {name} | {budget:,} iterations | {gap_closed(*(cs[c]['mean'] for c in ('standard+adamw', 'standard+msgdw', 'dnt+msgdw'))):.2f} |"
+        lines += [f"| {name} | {budget:,} iterations | {cells_gap_closed(cs):.2f} |"
                   for name, task, budget, cs in fractions]
         lines += [f"| paper: {name} | | {gap_closed(a, m, d):.2f} |" for name, (a, _, m, d) in PAPER.items()]
         lines.append('')
@@ -764,8 +772,7 @@ def write_tables(report, results_dir, jobs):
             for name in ('dnt+msgdw', 'standard+msgdw'):
                 lines.append(f"| gap, {CELL_NAMES[name]} | " + ' | '.join(
                     f'{GAP_SCALE[task] * g:+.{GAP_DIGITS[task]}f} ± {GAP_SCALE[task] * e:.{GAP_DIGITS[task]}f}' for _, g, e in gaps[name]) + ' |')
-            closed = [gap_closed(*(points[f'{w}/{c}']['mean'] for c in ('standard+adamw', 'standard+msgdw', 'dnt+msgdw'))) for w in widths]
-            lines.append('| fraction closed | ' + ' | '.join(f'{f:.2f}' for f in closed) + ' |')
+            lines.append('| fraction closed | ' + ' | '.join(f'{cells_gap_closed(points, f"{w}/"):.2f}' for w in widths) + ' |')
             if task == 'cifar':
                 for p, o in WIDTH_CELLS:
                     lines.append(f"| train top-1, {CELL_NAMES[f'{p}+{o}']} | " + ' | '.join(
